@@ -1,0 +1,23 @@
+# oln: GGN/OLN open-world instance segmentation as one Snakemake DAG.
+# Every rule calls one `oln` subcommand; the science lives in the `oln` package.
+# Usage: snakemake --cores all [--configfile config/coco_voc_to_nonvoc.yaml] [--profile slurm]
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/affinity.smk"
+include: "workflow/rules/pseudo.smk"
+include: "workflow/rules/detector.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

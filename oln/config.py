@@ -1,0 +1,177 @@
+"""Experiment configuration: YAML loading, schema validation with defaults, typed sections.
+
+One JSON schema (`oln/config.schema.yaml`, also at
+`workflow/schemas/config.schema.yaml`) documents every key and its default.
+The Snakefile and the `oln` CLI both validate through `validate_config`, so an
+invalid value fails the same way everywhere, with a message naming the key
+(e.g. ``synthetic.num_train must be >= 1``). Stage code receives its section
+as a typed dataclass via `options_from_dict`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key."""
+
+
+def load_schema() -> dict:
+    """The config JSON schema as a dict."""
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that fills in `default`s of missing properties while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultingValidator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "<config>"
+    value = error.instance
+    match error.validator:
+        case "minimum":
+            return f"{key} must be >= {error.validator_value} (got {value!r})"
+        case "exclusiveMinimum":
+            return f"{key} must be > {error.validator_value} (got {value!r})"
+        case "maximum":
+            return f"{key} must be <= {error.validator_value} (got {value!r})"
+        case "exclusiveMaximum":
+            return f"{key} must be < {error.validator_value} (got {value!r})"
+        case "enum":
+            return f"{key} must be one of {error.validator_value} (got {value!r})"
+        case "type":
+            return f"{key} must be of type {error.validator_value} (got {value!r})"
+        case "additionalProperties":
+            return f"{key}: {error.message} (check the spelling against config/README.md)"
+        case "required":
+            return f"{key}: {error.message}"
+    return f"{key}: {error.message}"
+
+
+def validate_config(config: Mapping[str, Any]) -> dict:
+    """Validate a config dict against the schema and return a copy with defaults filled in.
+
+    Raises:
+        ConfigError: naming every invalid key (one per line).
+    """
+    filled = copy.deepcopy(dict(config))
+    errors = sorted(_DefaultingValidator(load_schema()).iter_errors(filled), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
+    return filled
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Read a YAML config file, apply dotted-key `overrides`, validate, fill defaults."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(config, dotted, value)
+    try:
+        return validate_config(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def set_dotted(config: dict, dotted: str, value: Any) -> None:
+    """Set `config["a"]["b"] = value` for `dotted = "a.b"`, creating sections."""
+    *parents, last = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a `key.sub=value` command-line override (value read as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def options_from_dict(cls: type[T], values: Mapping[str, Any] | None, section: str) -> T:
+    """Build dataclass `cls` from `values`, recursing into nested dataclass fields.
+
+    Keys not in `cls` raise ConfigError naming `section.key`; missing keys take
+    the dataclass defaults.
+    """
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        field_type = _dataclass_type(hints.get(name))
+        if field_type is not None and isinstance(value, Mapping):
+            value = options_from_dict(field_type, value, f"{section}.{name}")
+        elif isinstance(value, list) and _is_tuple(hints.get(name)):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _dataclass_type(hint: Any) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _is_tuple(hint: Any) -> bool:
+    return hint is tuple or typing.get_origin(hint) is tuple
+
+
+def options_to_dict(options: Any) -> dict:
+    """Plain-dict form of an options dataclass (for checkpoints and logs)."""
+    return dataclasses.asdict(options)
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict:
+    """`base` with `override`'s keys replaced, recursing into mappings (neither is modified)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

@@ -1,0 +1,1 @@
+"""Datasets: COCO-format loading, category splits, the synthetic open-world set."""

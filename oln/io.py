@@ -1,0 +1,172 @@
+"""Atomic file writes, JSON, RLE masks and checkpoints.
+
+Every stage writes its outputs through these helpers so a killed process never
+leaves a half-written file behind: data goes to a temporary file in the same
+directory, which is renamed over the target only once it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` on success.
+
+    The temporary file keeps the target's suffix so libraries that pick a
+    format from the extension (PNG writers, torch.save) behave the same.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+    """Serialise `obj` as JSON to `path` atomically (numpy scalars allowed)."""
+    write_text(path, json.dumps(obj, indent=indent, default=_json_default))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Load a JSON file, naming the file in the error if it is not valid JSON."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one JSON line to `path` (logs; a torn last line is tolerated by readers)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON-lines file, skipping a torn (incomplete) final line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """Encode a boolean (H, W) mask as COCO RLE with `counts` as str."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """Encode a boolean (N, H, W) stack as a list of COCO RLEs (str counts)."""
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """Decode a COCO RLE (str or bytes counts, or uncompressed list counts) to bool (H, W)."""
+    if isinstance(rle["counts"], list):
+        rle = mask_utils.frPyObjects(rle, *rle["size"])
+    elif isinstance(rle["counts"], str):
+        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save `obj` to `path` atomically."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def reset_stale_checkpoints(out_dir: str | os.PathLike, settings: Any) -> bool:
+    """Delete `out_dir/checkpoints/` when it was written under different settings.
+
+    Training resumes from `out_dir/checkpoints/last.pt`; after a config or code
+    edit the old checkpoints must not be resumed. `settings` (options, inputs)
+    and the source of the `oln` package are fingerprinted into
+    `checkpoints/settings.json`. Only rank 0 (env RANK) acts.
+
+    Returns:
+        True when stale checkpoints were removed.
+    """
+    import hashlib
+    import shutil
+
+    if os.environ.get("RANK", "0") != "0":
+        return False
+    ckpt_dir = Path(out_dir) / "checkpoints"
+    text = json.dumps(settings, sort_keys=True, default=_settings_default)
+    code = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.rglob("*.py")):
+        code.update(source.read_bytes())
+    fingerprint = {"settings": hashlib.sha256(text.encode()).hexdigest(), "code": code.hexdigest()}
+    stamp = ckpt_dir / "settings.json"
+    removed = False
+    if ckpt_dir.exists() and (not stamp.exists() or read_json(stamp) != fingerprint):
+        shutil.rmtree(ckpt_dir)
+        removed = True
+    if not stamp.exists():
+        write_json(stamp, fingerprint)
+    return removed
+
+
+def _settings_default(obj: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    return _json_default(obj)

@@ -1,0 +1,154 @@
+"""The report stage: summary table, AR@k curves, training curves, baseline-vs-GGN panel.
+
+Reads what the other stages wrote under `results/<experiment>/` and writes
+`summary.csv`, `summary.md` and `plots/*.png`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from oln.io import read_json, write_text
+
+SUMMARY_KS = (10, 30, 100, 300, 1000)
+
+
+@dataclass
+class ReportOptions:
+    """Options of the report stage.
+
+    Attributes:
+        comparison_runs: the two runs shown side by side (missing ones are skipped).
+        comparison_images: val images in the side-by-side panel.
+        comparison_top_k: detections per image drawn in the panel (best first).
+    """
+
+    comparison_runs: tuple[str, ...] = ("baseline", "ggn")
+    comparison_images: int = 6
+    comparison_top_k: int = 20
+
+
+def summary_row(name: str, evaluation: dict) -> dict:
+    """One summary-table row (values in %) of an evaluation json."""
+    row: dict = {"run": name}
+    for iou_type, label in (("bbox", "box"), ("segm", "mask")):
+        metrics = evaluation.get(iou_type)
+        for k in SUMMARY_KS:
+            row[f"{label} AR@{k}"] = _pct(metrics, f"AR@{k}")
+        row[f"{label} AUC"] = _pct(metrics, "AUC")
+        for size in ("s", "m", "l"):
+            row[f"{label} AR_{size}@100"] = _pct(metrics, f"AR_{size}@100")
+        reference = evaluation.get("seen_reference", {}).get(iou_type)
+        row[f"{label} AR@100 seen"] = _pct(reference, "AR@100")
+    return row
+
+
+def _pct(metrics: dict | None, key: str) -> float:
+    if not metrics or key not in metrics or metrics[key] is None:
+        return math.nan
+    return round(100.0 * float(metrics[key]), 2)
+
+
+def summary_table(eval_paths: dict[str, str | os.PathLike]) -> pd.DataFrame:
+    """Summary rows of every evaluation json (name -> path), in the given order."""
+    return pd.DataFrame([summary_row(name, read_json(path)) for name, path in eval_paths.items()])
+
+
+def markdown_table(table: pd.DataFrame, columns: Sequence[str]) -> str:
+    """A GitHub markdown table of `columns` (NaN shown as '-')."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in table.iterrows():
+        cells = [row[c] if isinstance(row[c], str) else ("-" if pd.isna(row[c]) else f"{row[c]:.1f}")
+                 for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
+                  title: str) -> None:
+    """summary.csv (every column) and summary.md (mask and box tables)."""
+    write_text(csv_path, table.to_csv(index=False))
+    parts = [f"# {title}", "", "Average recall (%) on unseen categories; `seen` = AR@100 on seen categories.", ""]
+    for label in ("mask", "box"):
+        columns = ["run"] + [c for c in table.columns if c.startswith(f"{label} ")]
+        if table[columns[1:]].notna().any().any():
+            parts += [f"## {label}", "", markdown_table(table, columns), ""]
+    write_text(md_path, "\n".join(parts))
+
+
+def plot_comparison(val_json: str | os.PathLike, image_root: str | os.PathLike,
+                    predictions: dict[str, str | os.PathLike], unseen_ids: Sequence[int],
+                    options: ReportOptions, path: str | os.PathLike) -> None:
+    """The same val images for each run: its top-k masks, unseen GT outlined (green found, red missed).
+
+    An unseen object counts as found when one of the run's top-100 detections
+    overlaps it with mask IoU >= 0.5.
+    """
+    import matplotlib.pyplot as plt
+    from pycocotools import mask as mask_utils
+
+    from oln.data.coco import UnreadableImage, annotation_to_rle, load_image
+    from oln.io import decode_rle
+    from oln.plots import draw_outlines, overlay_masks, save_figure
+
+    gt = read_json(val_json)
+    unseen = set(int(i) for i in unseen_ids)
+    anns_by_image: dict[int, list[dict]] = {}
+    for ann in gt["annotations"]:
+        if int(ann["category_id"]) in unseen and not ann.get("iscrowd", 0):
+            anns_by_image.setdefault(ann["image_id"], []).append(ann)
+    dets_by_run = {name: _group_by_image(read_json(p)) for name, p in predictions.items()}
+    images = [im for im in sorted(gt["images"], key=lambda im: im["id"]) if im["id"] in anns_by_image]
+    images = images[: options.comparison_images]
+    names = list(predictions)
+    fig, axes = plt.subplots(max(1, len(images)), len(names), figsize=(3.2 * len(names), 3.2 * max(1, len(images))),
+                             squeeze=False)
+    for row, info in enumerate(images):
+        try:
+            pixels = load_image(Path(image_root) / info["file_name"], (info["height"], info["width"]))
+        except UnreadableImage:
+            continue
+        h, w = pixels.shape[:2]
+        gt_rles = [annotation_to_rle(a, h, w) for a in anns_by_image[info["id"]]]
+        gt_masks = [mask_utils.decode(r).astype(bool) for r in gt_rles]
+        for col, name in enumerate(names):
+            dets = sorted(dets_by_run[name].get(info["id"], []), key=lambda d: -d["score"])
+            top = [decode_rle(d["segmentation"]) for d in dets[: options.comparison_top_k] if "segmentation" in d]
+            found = _found(gt_rles, [d["segmentation"] for d in dets[:100] if "segmentation" in d])
+            ax = axes[row, col]
+            ax.imshow(overlay_masks(pixels, top))
+            draw_outlines(ax, gt_masks, ["lime" if f else "red" for f in found], width=1.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"{name} (top {options.comparison_top_k})")
+            ax.set_xlabel(f"unseen found@100: {sum(found)}/{len(found)}", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _group_by_image(records: list[dict]) -> dict[int, list[dict]]:
+    grouped: dict[int, list[dict]] = {}
+    for record in records:
+        grouped.setdefault(record["image_id"], []).append(record)
+    return grouped
+
+
+def _found(gt_rles: list[dict], det_segms: list[dict]) -> list[bool]:
+    from pycocotools import mask as mask_utils
+
+    if not gt_rles:
+        return []
+    if not det_segms:
+        return [False] * len(gt_rles)
+    dets = [{"size": s["size"], "counts": s["counts"].encode() if isinstance(s["counts"], str) else s["counts"]}
+            for s in det_segms]
+    ious = np.asarray(mask_utils.iou(dets, gt_rles, [0] * len(gt_rles)))
+    return [bool(v) for v in (ious.max(axis=0) >= 0.5)]

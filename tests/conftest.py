@@ -1,0 +1,9 @@
+"""Shared pytest setup: quiet, single-threaded torch for fast, repeatable CPU tests."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -1,0 +1,40 @@
+# Data stage: the synthetic open-world dataset (or the configured COCO files) and its summary.
+
+
+rule synthesize:
+    output:
+        train=f"{OUT}/data/train.json",
+        val=f"{OUT}/data/val.json",
+        unlabeled=f"{OUT}/data/unlabeled.json",
+    params:
+        section=section("synthetic"),
+        code=code_hash("oln/data/synthetic.py", "oln/data/shapes.py", "oln/io.py"),
+        out_dir=f"{OUT}/data",
+    log:
+        f"{OUT}/logs/synthesize.log",
+    benchmark:
+        f"{OUT}/benchmarks/synthesize.tsv"
+    resources:
+        **resources_of("synthesize"),
+    shell:
+        "oln synthesize --out {params.out_dir} --params {params.section:q} > {log} 2>&1"
+
+
+rule summarize_data:
+    input:
+        train=DATA["train_json"],
+        val=DATA["val_json"],
+    output:
+        summary=f"{OUT}/data/summary.json",
+        preview=report(f"{OUT}/data/preview.png", caption="../report/preview.rst", category="Data"),
+    params:
+        code=code_hash("oln/data/summary.py"),
+        image_root=DATA["train_images"],
+    log:
+        f"{OUT}/logs/summarize_data.log",
+    resources:
+        **resources_of("summarize_data"),
+    shell:
+        "oln summarize-data --json train={input.train} --json val={input.val}"
+        " --image-root {params.image_root} --summary-out {output.summary}"
+        " --preview-out {output.preview} > {log} 2>&1"

@@ -1,0 +1,95 @@
+# Pseudo ground truth: group predicted affinity into ranked masks over every image
+# source (sharded), merge the best into a training json; evaluate PA proposals on val.
+
+
+rule index_folder:
+    output:
+        f"{OUT}/data/sources/{{source}}.json",
+    params:
+        folder=lambda wildcards: SOURCES[wildcards.source]["folder"],
+    log:
+        f"{OUT}/logs/index_folder/{{source}}.log",
+    resources:
+        **resources_of("index_folder"),
+    shell:
+        "oln index-folder --folder {params.folder:q} --out {output} > {log} 2>&1"
+
+
+rule extract_pseudo:
+    input:
+        model=rules.train_pa.output.model,
+        images=lambda wildcards: SOURCES[wildcards.source]["json"],
+    output:
+        f"{OUT}/pseudo/{{source}}/shard-{{shard}}-of-{{num_shards}}.json",
+    params:
+        section=section("extract"),
+        dataset=section("dataset"),
+        code=code_hash("oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
+        image_root=lambda wildcards: SOURCES[wildcards.source]["images"],
+    log:
+        f"{OUT}/logs/extract_pseudo/{{source}}-{{shard}}-of-{{num_shards}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/extract_pseudo/{{source}}-{{shard}}-of-{{num_shards}}.tsv"
+    threads: 8
+    retries: config["retries"]
+    resources:
+        **resources_of("extract_pseudo"),
+    shell:
+        "OMP_NUM_THREADS=1 oln extract --params {params.section:q} {SPLITS}"
+        " --model {input.model} --images-json {input.images} --image-root {params.image_root:q}"
+        " --source {wildcards.source} --shard {wildcards.shard} --num-shards {wildcards.num_shards}"
+        " --workers {threads} --out {output} --device {config[device]} > {log} 2>&1"
+
+
+rule merge_pseudo:
+    input:
+        gt=DATA["train_json"],
+        shards=pseudo_shards(),
+        sources=[src["json"] for src in SOURCES.values()],
+    output:
+        train=f"{OUT}/pseudo/train.json",
+        stats=f"{OUT}/pseudo/stats.json",
+        gallery=report(f"{OUT}/pseudo/gallery.png", caption="../report/pseudo_gallery.rst",
+                       category="Pseudo ground truth"),
+    params:
+        section=section("merge"),
+        dataset=section("dataset"),
+        code=code_hash("oln/pseudo/merge.py"),
+        sources=lambda wildcards: " ".join(f"--source {n}={s['json']}={s['images']}" for n, s in SOURCES.items()),
+        image_root=DATA["train_images"],
+    log:
+        f"{OUT}/logs/merge_pseudo.log",
+    benchmark:
+        f"{OUT}/benchmarks/merge_pseudo.tsv"
+    resources:
+        **resources_of("merge_pseudo"),
+    shell:
+        "oln merge --params {params.section:q} {SPLITS} --gt-json {input.gt} --image-root {params.image_root}"
+        " {params.sources} --shards {input.shards} --out-json {output.train} --stats {output.stats}"
+        " --gallery {output.gallery} > {log} 2>&1"
+
+
+rule pa_proposals:
+    """GGN's `--eval-proposals`: the grouping's own masks on val, evaluated as a detector."""
+    input:
+        model=rules.train_pa.output.model,
+        images=DATA["val_json"],
+    output:
+        f"{OUT}/pseudo/val_proposals.json",
+    params:
+        section=section("extract"),
+        dataset=section("dataset"),
+        code=code_hash("oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
+        image_root=DATA["val_images"],
+    log:
+        f"{OUT}/logs/pa_proposals.log",
+    benchmark:
+        f"{OUT}/benchmarks/pa_proposals.tsv"
+    threads: 8
+    resources:
+        **resources_of("pa_proposals"),
+    shell:
+        "OMP_NUM_THREADS=1 oln extract --params {params.section:q} {SPLITS} --proposals"
+        " --model {input.model} --images-json {input.images} --image-root {params.image_root}"
+        " --source val --shard 0 --num-shards 1 --workers {threads} --out {output}"
+        " --device {config[device]} > {log} 2>&1"
