@@ -20,7 +20,8 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 @command("evaluate", "AR@k / AUC on unseen categories (cross-category protocol), box and mask", "evaluate", _args)
 def evaluate(args: argparse.Namespace) -> dict:
-    from oln.evaluation.recall import EvaluateOptions, evaluate_to_file
+    from oln.evaluation.recall import EvaluateOptions, evaluate_recall, evaluate_to_file
+    from oln.io import write_json
 
     options = options_from_dict(EvaluateOptions, section_of(args), "evaluate")
     if args.workers is not None:
@@ -32,4 +33,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     # never counted for recall, never using up the budget.
     ignored = sorted(set(seen) | {int(c["id"]) for c in categories if int(c["id"]) not in evaluated})
     results = evaluate_to_file(args.gt_json, args.detections, args.out, ignored, options.iou_types, options)
+    if seen:  # AR@100 on seen categories, for reference (unseen ones are then the ignored ones)
+        others = sorted({int(c["id"]) for c in categories} - set(seen))
+        results["seen_reference"] = {
+            iou_type: {"AR@100": evaluate_recall(args.gt_json, args.detections, iou_type, others, max_dets=(100,),
+                                                 num_workers=options.num_workers,
+                                                 seen_removal=options.seen_removal)["AR@100"]}
+            for iou_type in results}
+        write_json(args.out, results, indent=2)
     return {t: {k: v for k, v in r.items() if k.startswith("AR@") or k == "AUC"} for t, r in results.items()}

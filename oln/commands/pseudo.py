@@ -25,29 +25,49 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
 
 
+WORKFLOW_KEYS = ("sources", "num_shards", "proposals_top_k")  # read by the Snakefile, not by extract_shard
+
+
 @command("extract", "PA inference + grouping on one shard of an image source -> ranked masks", "extract",
          _extract_args)
 def extract(args: argparse.Namespace) -> dict:
-    from oln.pseudo.extract import ExtractOptions, extract_proposals, extract_shard
+    from oln.pseudo.extract import ExtractOptions, extract_shard
 
-    options = options_from_dict(ExtractOptions, section_of(args), "extract")
+    section = section_of(args)
+    options = options_from_dict(ExtractOptions, {k: v for k, v in section.items() if k not in WORKFLOW_KEYS},
+                                "extract")
     options.device = args.device
     if args.workers is not None:
         options.num_workers = args.workers
     categories = categories_of(args.images_json)
     seen = split_ids(args.seen, categories) if categories else []
-    if args.proposals:
-        return extract_proposals(args.model, args.images_json, args.image_root, options, args.out)
-    return extract_shard(args.model, args.images_json, args.image_root, args.source, args.shard,
-                         args.num_shards, options, args.out, gt_category_ids=seen)
+    if not args.proposals:
+        return extract_shard(args.model, args.images_json, args.image_root, args.source, args.shard,
+                             args.num_shards, options, args.out, gt_category_ids=seen)
+    # PA proposals as a detector: keep up to proposals_top_k masks, write a COCO results json.
+    options.top_k = section["proposals_top_k"]
+    options.grouping.max_proposals = None
+    records_path = args.out.with_name(args.out.stem + ".records.json")
+    stats = extract_shard(args.model, args.images_json, args.image_root, args.source, args.shard,
+                          args.num_shards, options, records_path, gt_category_ids=seen)
+    return {**stats, "detections": write_proposals_as_results(records_path, args.out)}
+
+
+def write_proposals_as_results(records_path: Path, out: Path) -> int:
+    """Proposal records -> COCO results json (category 1, score, bbox, RLE segmentation)."""
+    from oln.io import read_json, write_json
+
+    records = read_json(records_path)["records"]
+    results = [{"image_id": r["image_id"], "category_id": 1, "bbox": r["bbox"], "score": r["score"],
+                "segmentation": r["segmentation"]} for r in records]
+    write_json(out, results)
+    return len(results)
 
 
 def _merge_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gt-json", required=True, type=Path, help="annotated training json (seen GT is kept)")
-    p.add_argument("--image-root", required=True, type=Path, help="image root of --gt-json")
-    p.add_argument("--source", action="append", default=[], metavar="NAME=JSON=IMAGE_ROOT",
-                   help="an image source of the shards (its images json and image root)")
-    p.add_argument("--shards", nargs="+", required=True, type=Path)
+    p.add_argument("--gt-json", required=True, type=Path, help="annotated training json (its seen GT is kept)")
+    p.add_argument("--image-root", required=True, type=Path, help="image root of --gt-json and of the output")
+    p.add_argument("--shards", nargs="+", required=True, type=Path, help="shard files of `oln extract`")
     p.add_argument("--out-json", required=True, type=Path)
     p.add_argument("--stats", required=True, type=Path)
     p.add_argument("--gallery", required=True, type=Path)
@@ -59,11 +79,8 @@ def merge(args: argparse.Namespace) -> dict:
     from oln.pseudo.merge import MergeOptions, merge_pseudo
 
     options = options_from_dict(MergeOptions, section_of(args), "merge")
-    categories = categories_of(args.gt_json)
-    seen, unseen = split_ids(args.seen, categories), split_ids(args.unseen, categories)
-    sources = {}
-    for item in args.source:
-        name, images_json, image_root = item.split("=", 2)
-        sources[name] = {"json": images_json, "images": image_root}
-    return merge_pseudo(args.gt_json, args.image_root, sources, args.shards, seen, unseen, options,
-                        args.out_json, args.stats, args.gallery)
+    seen = split_ids(args.seen, categories_of(args.gt_json))
+    # The training json annotates every category (COCO and synthetic alike), so it also
+    # serves as full GT for the recall of unseen objects by the kept pseudo masks.
+    return merge_pseudo(args.gt_json, [str(p) for p in args.shards], seen, options, args.out_json, args.stats,
+                        args.gallery, args.image_root, full_gt_json=args.gt_json)

@@ -45,7 +45,6 @@ rule merge_pseudo:
     input:
         gt=DATA["train_json"],
         shards=pseudo_shards(),
-        sources=[src["json"] for src in SOURCES.values()],
     output:
         train=f"{OUT}/pseudo/train.json",
         stats=f"{OUT}/pseudo/stats.json",
@@ -55,7 +54,6 @@ rule merge_pseudo:
         section=section("merge"),
         dataset=section("dataset"),
         code=code_hash("oln/pseudo/merge.py"),
-        sources=lambda wildcards: " ".join(f"--source {n}={s['json']}={s['images']}" for n, s in SOURCES.items()),
         image_root=DATA["train_images"],
     log:
         f"{OUT}/logs/merge_pseudo.log",
@@ -65,7 +63,7 @@ rule merge_pseudo:
         **resources_of("merge_pseudo"),
     shell:
         "oln merge --params {params.section:q} {SPLITS} --gt-json {input.gt} --image-root {params.image_root}"
-        " {params.sources} --shards {input.shards} --out-json {output.train} --stats {output.stats}"
+        " --shards {input.shards} --out-json {output.train} --stats {output.stats}"
         " --gallery {output.gallery} > {log} 2>&1"
 
 

@@ -1,0 +1,413 @@
+"""Embedded synthetic open-world instance segmentation dataset (COCO format).
+
+Images show 2-8 shapes from 12 categories on textured, cluttered backgrounds,
+with occlusion, random rotation/scale/stretch, flat or textured fills and
+gradient lighting. Annotations are the visible part of every object, for all
+12 categories, so any seen/unseen protocol can be evaluated on them.
+
+Seen/unseen split. `SEEN_NAMES` (disc, square, triangle, star, cross, arrow)
+are simple, simply connected outlines: convex shapes plus straight-edged
+radial concave ones. `UNSEEN_NAMES` (hexagon, ring, crescent, heart, l_shape,
+blob) add what no seen shape has: a hole (ring), curved concavities
+(crescent, heart), an irregular smooth outline (blob) and an asymmetric
+right-angle corner (l_shape). Hexagon is the deliberately easy novel shape
+(convex, between disc and square), so the unseen set spans easy to hard
+generalisation. Where an unseen shape derives from a seen one (disc -> ring,
+crescent; cross -> l_shape), it differs in topology (a hole), curvature
+(concave arcs) or symmetry (one corner instead of four arms), so none is a
+near-copy.
+
+Every image is rendered from its own RNG, seeded by (seed, split, index), so
+image k of a split does not depend on the other splits or on num_*; re-running
+with the same options rewrites byte-identical files (written atomically).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+from scipy import ndimage
+
+from oln.data.shapes import SHAPES, place_contours, rasterise, scale_for_pixel_count
+from oln.io import encode_masks, write_bytes, write_json
+
+SEEN_NAMES: list[str] = ["disc", "square", "triangle", "star", "cross", "arrow"]
+UNSEEN_NAMES: list[str] = ["hexagon", "ring", "crescent", "heart", "l_shape", "blob"]
+CATEGORY_NAMES: list[str] = list(SHAPES)  # category id = position + 1
+SPLITS: tuple[str, ...] = ("train", "val", "unlabeled")
+FILL_STYLES: tuple[str, ...] = ("flat", "gradient", "stripes", "checker", "noise")
+
+#: COCO area thresholds (small < 32**2 <= medium <= 96**2 < large) at this image side.
+COCO_REFERENCE_SIDE = 640
+#: Fast lossless PNG settings: zlib level 1, Huffman-only, "up" row filter (about 3x faster than the
+#: defaults on noisy images at a similar file size).
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+              cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+
+
+@dataclass
+class SyntheticOptions:
+    """Options of the synthetic dataset generator.
+
+    Areas are fractions of the image area so they scale with `image_size`.
+    """
+
+    num_train: int = 400  # annotated training images
+    num_val: int = 100  # annotated validation images
+    num_unlabeled: int = 200  # images without annotations (pseudo-label source)
+    image_size: int = 128  # square image side in pixels
+    min_objects: int = 2  # objects drawn per image, uniform in [min, max] (before drops)
+    max_objects: int = 8
+    seed: int = 0
+    size_mix: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.3])  # P(small), P(medium), P(large)
+    min_object_area: float = 0.0012  # smallest drawn object (fraction of image area; ~20 px at 128)
+    max_object_area: float = 0.2  # largest drawn object (fraction of image area)
+    min_visible_area: float = 0.0006  # objects with less visible area are removed (~10 px at 128)
+    max_aspect: float = 1.5  # objects are stretched by a ratio in [1/max_aspect, max_aspect]
+    occlusion: bool = True  # False: objects are placed without overlap (dropped if no free spot)
+    mix_seen_unseen: bool = True  # draw at least one seen and one unseen object per image
+    textured_fill: float = 0.6  # probability that an object has a non-flat fill
+    min_contrast: float = 40.0  # object colour differs from the local background by this much (0-255)
+    clutter_lines: int = 3  # at most this many thin unannotated lines per image
+    clutter_specks: int = 12  # at most this many small unannotated specks per image
+    clutter_patches: int = 2  # at most this many soft-edged unannotated texture patches per image
+    noise_std: float = 4.0  # standard deviation of per-pixel (uniform) noise, grey levels
+    blur: float = 0.2  # probability of a slight Gaussian blur of the whole image
+
+
+def coco_area_thresholds(image_size: int) -> tuple[float, float]:
+    """COCO small/large area thresholds scaled from 640 px to `image_size`.
+
+    Returns:
+        (small_max, large_min): small if area < small_max, large if area > large_min.
+    """
+    factor = (image_size / COCO_REFERENCE_SIDE) ** 2
+    return 32.0**2 * factor, 96.0**2 * factor
+
+
+def categories() -> list[dict]:
+    """COCO category dicts, ids 1..12, supercategory 'seen' or 'unseen'."""
+    return [
+        {"id": i + 1, "name": name, "supercategory": "seen" if name in SEEN_NAMES else "unseen"}
+        for i, name in enumerate(CATEGORY_NAMES)
+    ]
+
+
+# ----------------------------------------------------------------------------- rendering
+# Images are painted as planar float32 (3, S, S) RGB arrays: numpy broadcasting over a trailing
+# axis of length 3 is several times slower than over planes.
+
+
+def _random_color(rng: np.random.Generator) -> np.ndarray:
+    """(3, 1, 1) float32 RGB colour in [0, 255]."""
+    return rng.uniform(0.0, 255.0, size=(3, 1, 1)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(yy, xx) float32 pixel coordinate grids of shape (S, S), shared read-only."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
+def _background(size: int, options: SyntheticOptions, rng: np.random.Generator) -> np.ndarray:
+    """Two-colour gradient plus smooth colour noise and/or stripes and soft texture patches."""
+    yy, xx = _pixel_grid(size)
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    low = min(0.0, cos) * (size - 1) + min(0.0, sin) * (size - 1)  # extremes of a ramp are at corners
+    span = max((abs(cos) + abs(sin)) * (size - 1), 1e-6)
+    ramp = (xx * cos + yy * sin - np.float32(low)) * np.float32(1.0 / span)
+    first, second = _random_color(rng), _random_color(rng)
+    image = first + ramp * (second - first)
+    if rng.random() < 0.6:  # low-frequency colour noise: cubic upsampling to S/4, then linear
+        cells = int(rng.integers(3, 9))
+        coarse = rng.normal(0.0, rng.uniform(10.0, 35.0), size=(cells, cells, 3)).astype(np.float32)
+        quarter = cv2.resize(coarse, (size // 4, size // 4), interpolation=cv2.INTER_CUBIC)
+        image += cv2.resize(quarter, (size, size), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    if rng.random() < 0.4:  # stripes
+        angle, period = rng.uniform(0.0, np.pi), rng.uniform(3.0, size / 6)
+        frequency = 2.0 * np.pi / period
+        wave = np.sin(xx * np.float32(np.cos(angle) * frequency) + yy * np.float32(np.sin(angle) * frequency))
+        image += wave * (rng.uniform(6.0, 25.0) * rng.choice([-1.0, 1.0], size=(3, 1, 1))).astype(np.float32)
+    for _ in range(int(rng.integers(0, options.clutter_patches + 1))):
+        _soft_patch(image, rng)
+    return image
+
+
+def _soft_patch(image: np.ndarray, rng: np.random.Generator) -> None:
+    """Blend a blurred-edge grainy ellipse into `image`: texture that is not an object."""
+    size = image.shape[1]
+    center = rng.integers(0, size, size=2)
+    axes = rng.integers(size // 12, size // 4 + 1, size=2)
+    soften = int(axes.max()) // 2 * 2 + 1  # odd box-filter width, about the larger semi-axis
+    reach = int(axes.max()) + soften // 2 + 1  # the blurred ellipse is 0 beyond this
+    x0, y0 = max(int(center[0]) - reach, 0), max(int(center[1]) - reach, 0)
+    x1, y1 = min(int(center[0]) + reach + 1, size), min(int(center[1]) + reach + 1, size)
+    alpha = np.zeros((y1 - y0, x1 - x0), np.float32)
+    cv2.ellipse(alpha, (int(center[0]) - x0, int(center[1]) - y0), (int(axes[0]), int(axes[1])),
+                float(rng.uniform(0, 180)), 0, 360, 1.0, thickness=-1)
+    alpha = cv2.blur(alpha, (soften, soften), borderType=cv2.BORDER_CONSTANT)
+    alpha *= np.float32(rng.uniform(0.25, 0.5))
+    grain = (rng.random(size=(y1 - y0, x1 - x0), dtype=np.float32) - np.float32(0.5)) * np.float32(40.0)
+    region = image[:, y0:y1, x0:x1]
+    region += alpha * (_random_color(rng) + grain - region)
+
+
+def _clutter(image: np.ndarray, options: SyntheticOptions, rng: np.random.Generator) -> None:
+    """Draw thin lines and small specks that are not annotated objects."""
+    size = image.shape[1]
+    for _ in range(int(rng.integers(0, options.clutter_lines + 1))):
+        ends = [int(v) for v in rng.integers(0, size, size=4)]
+        for plane, value in zip(image, _random_color(rng).ravel()):
+            cv2.line(plane, ends[:2], ends[2:], float(value), 1, lineType=cv2.LINE_AA)
+    count = int(rng.integers(0, options.clutter_specks + 1))
+    corners = rng.integers(0, size - 1, size=(2, count))
+    colors = rng.uniform(0.0, 255.0, size=(3, count)).astype(np.float32)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):  # 1-pixel specks grow to 2x2 with probability 1/2
+        grow = (dy == dx == 0) | (rng.random(count) < 0.5)
+        image[:, corners[0, grow] + dy, corners[1, grow] + dx] = colors[:, grow]
+
+
+def _object_fill(
+    box: tuple[int, int, int, int],
+    center: np.ndarray,
+    radius: float,
+    background_color: np.ndarray,
+    options: SyntheticOptions,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Colours (3, h, w) of an object over its box (y0, y1, x0, x1): fill style times gradient lighting."""
+    y0, y1, x0, x1 = box
+    yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(center[1]))[:, None]
+    xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(center[0]))[None, :]
+    inv_radius = np.float32(1.0 / max(radius, 1.0))
+    color = _random_color(rng)
+    for _ in range(4):  # keep most objects distinguishable from what is behind them
+        if np.abs(color - background_color).max() >= options.min_contrast:
+            break
+        color = _random_color(rng)
+    textured = rng.random() < options.textured_fill
+    style = FILL_STYLES[int(rng.integers(1, len(FILL_STYLES)))] if textured else "flat"
+    second = color + rng.uniform(-90.0, 90.0, size=(3, 1, 1)).astype(np.float32)
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    if style in ("gradient", "stripes"):  # position along a random direction, about -1..1 over the object
+        along = (xx * np.float32(math.cos(angle)) + yy * np.float32(math.sin(angle))) * inv_radius
+    if style == "flat":
+        fill = color
+    elif style == "gradient":
+        fill = color + (second - color) * np.clip(0.5 + 0.5 * along, 0.0, 1.0)
+    elif style == "stripes":
+        fill = np.where(np.sin(along * np.float32(np.pi / rng.uniform(0.3, 0.8))) > 0, color, second)
+    elif style == "checker":
+        cell = np.float32(max(radius * rng.uniform(0.25, 0.6), 1.5))
+        fill = np.where(((xx // cell + yy // cell) % 2) == 0, color, second)
+    else:  # noise
+        grain = rng.random(size=(y1 - y0, x1 - x0), dtype=np.float32) - np.float32(0.5)
+        fill = color + grain * np.float32(rng.uniform(30.0, 100.0))
+    light_angle = rng.uniform(0.0, 2.0 * np.pi)
+    strength = rng.uniform(0.0, 0.35)
+    light = xx * np.float32(strength * math.cos(light_angle)) + yy * np.float32(
+        strength * math.sin(light_angle))
+    return fill * (np.float32(1.0) + np.clip(light * inv_radius, -1.5 * strength, 1.5 * strength))
+
+
+def _draw_category_names(count: int, options: SyntheticOptions, rng: np.random.Generator) -> list[str]:
+    names = [CATEGORY_NAMES[i] for i in rng.integers(0, len(CATEGORY_NAMES), size=count)]
+    if options.mix_seen_unseen and count >= 2:
+        names[0] = SEEN_NAMES[int(rng.integers(0, len(SEEN_NAMES)))]
+        names[1] = UNSEEN_NAMES[int(rng.integers(0, len(UNSEEN_NAMES)))]
+        rng.shuffle(names)
+    return names
+
+
+def _object_area(options: SyntheticOptions, rng: np.random.Generator) -> float:
+    """Draw an object area (pixels): a COCO size bucket by `size_mix`, then log-uniform within it."""
+    size = options.image_size
+    small_max, large_min = coco_area_thresholds(size)
+    low, high = options.min_object_area * size * size, options.max_object_area * size * size
+    edges = [low, max(small_max, low), min(max(large_min, low), high), high]
+    small, medium, large = options.size_mix
+    draw = rng.random() * (small + medium + large)
+    bucket = 0 if draw < small else 1 if draw < small + medium else 2
+    lo, hi = edges[bucket], max(edges[bucket + 1], edges[bucket])
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _place_objects(options: SyntheticOptions, rng: np.random.Generator) -> list[tuple]:
+    """Draw categories, outlines and poses: list of (name, pixel contours, center, radius) in paint order."""
+    size = options.image_size
+    count = int(rng.integers(options.min_objects, options.max_objects + 1))
+    placed = []
+    occupied = np.zeros((size, size), np.uint8)
+    for name in _draw_category_names(count, options, rng):
+        outline = SHAPES[name](rng)
+        scale = scale_for_pixel_count(outline, _object_area(options, rng))
+        aspect = float(np.exp(rng.uniform(-1.0, 1.0) * np.log(options.max_aspect)))
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        for _ in range(1 if options.occlusion else 10):
+            center = rng.uniform(0.05 * size, 0.95 * size, size=2)
+            contours = place_contours(outline, (center[0], center[1]), scale, angle, aspect)
+            if options.occlusion:
+                break
+            mask = rasterise(contours, size, size)
+            if not (mask & occupied).any():
+                occupied |= cv2.dilate(mask, np.ones((3, 3), np.uint8))  # keep a 1 px gap
+                break
+        else:
+            continue  # no free spot found
+        placed.append((name, contours, center, scale * max(aspect, 1.0 / aspect) ** 0.5))
+    return placed
+
+
+def render_scene(
+    options: SyntheticOptions, rng: np.random.Generator
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Render one image.
+
+    Args:
+        options: generator options.
+        rng: the image's random generator (all randomness comes from it).
+
+    Returns:
+        image: uint8 (S, S, 3) RGB.
+        category_ids: category id of every annotated object, in paint order.
+        masks: bool (N, S, S) visible-part masks (pairwise disjoint, each >= min_visible_area).
+    """
+    size = options.image_size
+    placed = _place_objects(options, rng)
+    # Paint object indices in order (later objects occlude earlier ones), then drop objects
+    # whose visible part is too small and repaint; removing objects only uncovers others.
+    min_pixels = max(options.min_visible_area * size * size, 1.0)
+    while True:
+        labels = np.zeros((size, size), np.uint8)
+        for index, (_, contours, _, _) in enumerate(placed):
+            rasterise(contours, size, size, value=index + 1, out=labels)
+        keep = np.bincount(labels.ravel(), minlength=len(placed) + 1)[1:] >= min_pixels
+        if keep.all():
+            break
+        placed = [obj for obj, kept in zip(placed, keep) if kept]
+
+    image = _background(size, options, rng)
+    _clutter(image, options, rng)
+    for index, box in enumerate(ndimage.find_objects(labels, max_label=len(placed))):
+        _, _, center, radius = placed[index]
+        y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
+        behind = image[:, (y0 + y1) // 2, (x0 + x1) // 2, None, None]  # colour near the box centre
+        fill = _object_fill((y0, y1, x0, x1), center, radius, behind, options, rng)
+        region = image[:, box[0], box[1]]
+        np.copyto(region, fill, where=labels[box] == index + 1)
+    if options.noise_std > 0:
+        noise = rng.random(size=image.shape, dtype=np.float32) - np.float32(0.5)
+        image += noise * np.float32(options.noise_std * np.sqrt(12.0))  # uniform noise with this std
+    if rng.random() < options.blur:
+        sigma = rng.uniform(0.4, 0.8)
+        image = np.stack([cv2.GaussianBlur(plane, (3, 3), sigma) for plane in image])
+    np.clip(image + np.float32(0.5), 0, 255, out=image)
+    image_u8 = cv2.merge(list(image.astype(np.uint8)))
+    masks = labels[None] == np.arange(1, len(placed) + 1, dtype=np.uint8)[:, None, None]
+    category_ids = [CATEGORY_NAMES.index(name) + 1 for name, _, _, _ in placed]
+    return image_u8, category_ids, masks
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _boxes_and_areas(rles: list[dict]) -> tuple[list[list[int]], list[int]]:
+    """Tight COCO xywh boxes (x, y of the min pixel, w = max - min + 1) and pixel counts of RLE masks."""
+    if not rles:
+        return [], []
+    raw = [{"size": rle["size"], "counts": rle["counts"].encode("ascii")} for rle in rles]
+    boxes = [[int(v) for v in box] for box in mask_utils.toBbox(raw)]
+    return boxes, [int(a) for a in mask_utils.area(raw)]
+
+
+def _write_png_if_changed(path: Path, image: np.ndarray) -> None:
+    """Write an RGB image as PNG atomically, unless `path` already holds exactly these bytes."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), PNG_PARAMS)
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    data = encoded.tobytes()
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return  # a re-run: replacing an identical file only costs time
+    except FileNotFoundError:
+        pass
+    write_bytes(path, data)
+
+
+def _split_count(options: SyntheticOptions, split: str) -> int:
+    return {"train": options.num_train, "val": options.num_val, "unlabeled": options.num_unlabeled}[split]
+
+
+def _remove_stale_images(image_dir: Path, count: int) -> None:
+    """Delete NNNNNN.png files left by an earlier run with more images in this split."""
+    for path in image_dir.glob("*.png"):
+        if re.fullmatch(r"\d{6}\.png", path.name) and int(path.stem) > count:
+            path.unlink()
+
+
+def synthesize(out_dir: Path, options: SyntheticOptions) -> dict:
+    """Generate the synthetic dataset into `out_dir`.
+
+    Writes `out_dir/{train,val,unlabeled}.json` (COCO instances; unlabeled has
+    `annotations: []`) and PNGs `out_dir/images/<split>/NNNNNN.png` (NNNNNN = index
+    from 1; `file_name` is `<split>/NNNNNN.png`). Image and annotation ids are unique
+    across the three splits. Every file is written atomically; each json is written
+    after its images, so an existing json means its split is complete.
+
+    Args:
+        out_dir: output directory (created).
+        options: generator options.
+
+    Returns:
+        {"categories": 12, "<split>": {"images": n, "annotations": m}, ...}.
+    """
+    if not 1 <= options.min_objects <= options.max_objects <= 255:
+        raise ValueError(f"need 1 <= min_objects <= max_objects <= 255, got {options.min_objects}, "
+                         f"{options.max_objects}")
+    if len(options.size_mix) != 3 or min(options.size_mix) < 0 or sum(options.size_mix) <= 0:
+        raise ValueError(f"size_mix needs 3 weights >= 0 (small, medium, large), got {options.size_mix}")
+    if not 0 < options.min_object_area <= options.max_object_area <= 1:
+        raise ValueError("need 0 < min_object_area <= max_object_area <= 1 (fractions of the image area)")
+    if sorted(SEEN_NAMES + UNSEEN_NAMES) != sorted(CATEGORY_NAMES):
+        raise AssertionError("SEEN_NAMES and UNSEEN_NAMES must partition the categories")
+    out_dir = Path(out_dir)
+    counts: dict = {"categories": len(CATEGORY_NAMES)}
+    next_image_id, next_annotation_id = 1, 1
+    for split_index, split in enumerate(SPLITS):
+        annotated = split != "unlabeled"
+        count = _split_count(options, split)
+        image_dir = out_dir / "images" / split
+        image_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_images(image_dir, count)
+        images, annotations = [], []
+        for index in range(count):
+            rng = np.random.default_rng([options.seed, split_index, index])
+            image, category_ids, masks = render_scene(options, rng)
+            file_name = f"{split}/{index + 1:06d}.png"
+            _write_png_if_changed(out_dir / "images" / file_name, image)
+            images.append({"id": next_image_id, "file_name": file_name,
+                           "height": options.image_size, "width": options.image_size})
+            if annotated:
+                rles = encode_masks(masks)
+                for category_id, rle, box, area in zip(category_ids, rles, *_boxes_and_areas(rles)):
+                    annotations.append({
+                        "id": next_annotation_id, "image_id": next_image_id, "category_id": category_id,
+                        "segmentation": rle, "area": area, "bbox": box, "iscrowd": 0,
+                    })
+                    next_annotation_id += 1
+            next_image_id += 1
+        info = {"description": "oln synthetic open-world shapes", "split": split, "options": asdict(options)}
+        coco = {"info": info, "images": images, "annotations": annotations, "categories": categories()}
+        write_json(out_dir / f"{split}.json", coco)
+        counts[split] = {"images": len(images), "annotations": len(annotations)}
+    return counts

@@ -1,0 +1,202 @@
+"""Batched inference of a trained detector over a COCO json's images -> COCO results json.
+
+Each detection becomes `{"image_id", "category_id": 1, "bbox": [x, y, w, h],
+"score"[, "segmentation": RLE][, "tower"]}` (masks pasted by torchvision,
+thresholded at `DetectorOptions.mask_threshold`, RLE counts as str; `tower` =
+"a" | "b" only for pooled two-tower output). Records are streamed to a
+temporary file and renamed onto `out_json` at the end, so memory stays bounded
+with 1000 detections per image. Unreadable images are skipped with a warning
+and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from oln.data.coco import UnreadableImage, load_image
+from oln.detector.model import DetectorOptions, build_detector
+from oln.engine import resolve_device
+from oln.io import atomic_path, encode_masks, read_json
+
+log = logging.getLogger(__name__)
+
+TOWER_NAMES = ("a", "b")  # `tower` index of pooled two-tower detections -> name
+
+
+@dataclass
+class PredictOptions:
+    """Inference settings.
+
+    Fields:
+        batch_size: images per forward pass.
+        num_workers: image-decoding worker processes.
+        device: "auto" | "cpu" | "cuda" | "cuda:N".
+        amp: bf16 autocast on CUDA (score/box layers stay float32).
+        tower: two_tower output "a" | "b" | "pooled" ("" = the option stored with the model).
+        max_detections: detections per image (0 = the value stored with the model).
+        masks: write `segmentation` when the model has a mask head.
+    """
+
+    batch_size: int = 4
+    num_workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+    tower: str = ""
+    max_detections: int = 0
+    masks: bool = True
+
+
+def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a detector from model.pt (no weight files needed) in eval mode on `device`.
+
+    The loaded model has `.detector_options` (`DetectorOptions`) and `.meta` attached.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    options = DetectorOptions.from_dict(checkpoint["options"])
+    options.backbone_weights = ""
+    options.model_weights = ""
+    model = build_detector(options)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.detector_options = options
+    model.meta = checkpoint.get("meta", {})
+    return model.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
+
+
+class ImageListDataset(torch.utils.data.Dataset):
+    """Images of a COCO json as float (3, H, W) tensors; unreadable ones yield None."""
+
+    def __init__(self, images: list[dict], image_root: str | os.PathLike) -> None:
+        self.images = images
+        self.image_root = Path(image_root)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        info = self.images[index]
+        expected = (info["height"], info["width"]) if info.get("height") and info.get("width") else None
+        try:
+            pixels = load_image(self.image_root / info["file_name"], expected)
+        except UnreadableImage as err:
+            return info["id"], None, str(err)
+        return info["id"], torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), ""
+
+
+def _collate(batch):
+    return batch
+
+
+def detections_to_records(image_id: int, detections: dict, with_masks: bool) -> list[dict]:
+    """COCO result records of one image's detections (boxes xyxy -> xywh).
+
+    Pooled two-tower detections also get `tower` ("a" | "b"), the tower that produced them.
+    """
+    boxes = detections["boxes"].float().cpu().numpy()
+    scores = detections["scores"].float().cpu().numpy()
+    rles = None
+    if with_masks and "masks" in detections:
+        rles = encode_masks(detections["masks"][:, 0].cpu().numpy().astype(np.uint8))
+    towers = detections["tower"].cpu().numpy() if "tower" in detections else None
+    records = []
+    for k in range(len(boxes)):
+        x0, y0, x1, y1 = (float(v) for v in boxes[k])
+        record = {
+            "image_id": int(image_id),
+            "category_id": 1,
+            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+            "score": round(float(scores[k]), 6),
+        }
+        if rles is not None:
+            record["segmentation"] = rles[k]
+        if towers is not None:
+            record["tower"] = TOWER_NAMES[int(towers[k])]
+        records.append(record)
+    return records
+
+
+def predict(
+    model_path: str | os.PathLike,
+    images_json: str | os.PathLike,
+    image_root: str | os.PathLike,
+    options: PredictOptions,
+    out_json: str | os.PathLike,
+) -> dict:
+    """Run the detector on every image of `images_json` and write COCO results to `out_json`.
+
+    Returns:
+        summary {"num_images", "num_skipped", "skipped", "num_detections", "seconds",
+        "images_per_second", "device", "tower", "masks"}.
+    """
+    device = resolve_device(options.device)
+    model = load_detector(model_path, device)
+    det_options: DetectorOptions = model.detector_options
+    if options.tower and det_options.arch == "two_tower":
+        model.output_tower = options.tower
+    if options.max_detections > 0:
+        _set_max_detections(model, options.max_detections)
+    with_masks = options.masks and det_options.has_masks
+    images = read_json(images_json)["images"]
+    loader = torch.utils.data.DataLoader(
+        ImageListDataset(images, image_root),
+        batch_size=options.batch_size,
+        shuffle=False,
+        num_workers=options.num_workers,
+        collate_fn=_collate,
+    )
+    use_amp = options.amp and device.type == "cuda"
+    if use_amp:
+        model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    started = time.time()
+    skipped: list[str] = []
+    num_images = num_detections = 0
+    with atomic_path(out_json) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("[")
+        first = True
+        for batch in loader:
+            readable = [(i, img) for i, img, err in batch if img is not None]
+            for _, img, err in batch:
+                if img is None:
+                    log.warning("skipping unreadable image: %s", err)
+                    skipped.append(err)
+            if not readable:
+                continue
+            tensors = [img.to(device, non_blocking=True).float().div_(255.0) for _, img in readable]
+            with torch.inference_mode(), autocast:
+                outputs = model(tensors)
+            for (image_id, _), detections in zip(readable, outputs):
+                for record in detections_to_records(image_id, detections, with_masks):
+                    f.write(("" if first else ",\n") + json.dumps(record))
+                    first = False
+                    num_detections += 1
+            num_images += len(readable)
+        f.write("]\n")
+    seconds = time.time() - started
+    return {
+        "num_images": num_images,
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "num_detections": num_detections,
+        "seconds": seconds,
+        "images_per_second": num_images / max(seconds, 1e-9),
+        "device": str(device),
+        "tower": getattr(model, "output_tower", ""),
+        "masks": with_masks,
+    }
+
+
+def _set_max_detections(model: nn.Module, max_detections: int) -> None:
+    """Override the per-image detection cap of every ROI stage (and of the tower pooling)."""
+    for module in model.modules():
+        if hasattr(module, "detections_per_img"):
+            module.detections_per_img = max_detections

@@ -1,0 +1,439 @@
+"""The training loop shared by every trainer (affinity network, detector).
+
+`train()` owns what is not model-specific: device choice, bf16 autocast and
+channels_last on CUDA, DDP under torchrun, a deterministic sample stream that resumes
+exactly by iteration, SGD/AdamW with linear warmup and step/cosine/constant decay,
+gradient clipping, skipping non-finite steps, checkpoints with auto-resume,
+SIGTERM/SIGUSR1 handling, a JSONL log and a progress line on rank 0.
+
+Determinism: the samples of iteration i are a pure function of (seed, i) (a seeded
+permutation per epoch of the index stream), each sample's augmentation is seeded from
+(seed, i, position in the global batch), and the torch RNG is reseeded from
+(seed, i, rank) before each step. A run resumed from a checkpoint therefore sees the
+same batches and the same dropout as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from oln.io import append_jsonl, read_jsonl, save_torch, write_text
+
+LossFn = Callable[[nn.Module, Any, torch.device], dict]
+CHECKPOINT_NAME = "last.pt"
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGUSR1: 128 + signal.SIGUSR1}
+
+
+@dataclass
+class TrainOptions:
+    """Training loop options.
+
+    Attributes:
+        iterations: optimiser steps in total.
+        batch_size: images per process (per GPU under DDP).
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        optimizer: sgd | adamw.
+        lr, momentum, weight_decay: optimiser settings (momentum is AdamW's beta1).
+        warmup_iters, warmup_factor: linear warmup from lr * warmup_factor to lr.
+        schedule: step | cosine | constant decay after warmup.
+        lr_steps, gamma: for `step`, lr *= gamma at each listed iteration.
+        grad_clip: max gradient norm (0 = off).
+        checkpoint_every: iterations between checkpoints (one is always written at the end).
+        log_every: iterations averaged into one JSONL log record.
+        amp: bf16 autocast + channels_last (CUDA only; ignored on CPU).
+        seed: seeds the sample order, augmentations and the torch RNG.
+        device: auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK).
+    """
+
+    iterations: int = 1000
+    batch_size: int = 8
+    num_workers: int = 0
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    schedule: str = "step"
+    lr_steps: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    grad_clip: float = 0.0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    amp: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` -> cuda (cuda:LOCAL_RANK under torchrun) if available, else cpu."""
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def mix_seed(*values: int) -> int:
+    """A well-mixed 63-bit seed from integers (pure function of its arguments)."""
+    words = [int(v) & 0xFFFFFFFF for v in values]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) >> 1
+
+
+def sample_indices(seed: int, iteration: int, global_batch: int, dataset_size: int) -> list[int]:
+    """Dataset indices of the global batch of `iteration`: consecutive slices of an
+    endless stream of per-epoch permutations seeded by (seed, epoch)."""
+    start = iteration * global_batch
+    out: list[int] = []
+    epoch, offset = divmod(start, dataset_size)
+    while len(out) < global_batch:
+        generator = torch.Generator().manual_seed(mix_seed(seed, epoch))
+        perm = torch.randperm(dataset_size, generator=generator).tolist()
+        take = perm[offset : offset + global_batch - len(out)]
+        out.extend(take)
+        epoch, offset = epoch + 1, 0
+    return out
+
+
+class IterationBatchSampler:
+    """Yields, for iterations start..end-1, this rank's list of (index, sample_seed)."""
+
+    def __init__(self, seed: int, start: int, end: int, batch_size: int, dataset_size: int, rank: int,
+                 world_size: int):
+        self.seed, self.start, self.end = seed, start, end
+        self.batch_size, self.dataset_size = batch_size, dataset_size
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+    def __iter__(self):
+        global_batch = self.batch_size * self.world_size
+        for it in range(self.start, self.end):
+            indices = sample_indices(self.seed, it, global_batch, self.dataset_size)
+            positions = range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+            yield [(indices[p], mix_seed(self.seed, it, p)) for p in positions]
+
+
+class SeededDataset(Dataset):
+    """Reseeds python/numpy/torch RNGs with the sample seed before reading an item, so
+    augmentations are a pure function of (seed, iteration, sample position)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, sample_seed = key
+        random.seed(sample_seed)
+        np.random.seed(sample_seed % 2**32)
+        torch.manual_seed(sample_seed)
+        return self.dataset[index]
+
+
+def lr_factor(iteration: int, options: TrainOptions) -> float:
+    """Learning-rate multiplier at `iteration` (warmup times decay)."""
+    if options.schedule == "step":
+        decay = options.gamma ** sum(iteration >= s for s in options.lr_steps)
+    elif options.schedule == "cosine":
+        progress = min(iteration, options.iterations) / max(1, options.iterations)
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif options.schedule == "constant":
+        decay = 1.0
+    else:
+        raise ValueError(f"schedule must be step | cosine | constant, got {options.schedule!r}")
+    if iteration < options.warmup_iters:
+        alpha = iteration / options.warmup_iters
+        decay *= options.warmup_factor * (1.0 - alpha) + alpha
+    return decay
+
+
+def build_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
+                               weight_decay=options.weight_decay)
+    if options.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=options.lr, betas=(options.momentum, 0.999),
+                                 weight_decay=options.weight_decay)
+    raise ValueError(f"optimizer must be sgd | adamw, got {options.optimizer!r}")
+
+
+def _rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _max_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class _StopFlag:
+    """Records SIGTERM/SIGUSR1 so the loop can checkpoint and exit between steps."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def install(self) -> None:
+        if threading_is_main():
+            for signum in EXIT_CODES:
+                self.previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+
+def threading_is_main() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class _Progress:
+    """A carriage-return progress line on stderr (plain lines when not a terminal)."""
+
+    def __init__(self, desc: str, total: int, start: int, enabled: bool):
+        self.desc, self.total, self.start, self.enabled = desc, total, start, enabled
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.every = max(1, total // 20)
+        self.last_print = 0.0
+
+    def update(self, done: int, text: str) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        rate = (done - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        line = f"{self.desc} {done}/{self.total} {text} {rate:.2f} it/s eta {eta:.0f}s"
+        if self.tty:
+            if now - self.last_print > 0.2 or done == self.total:
+                sys.stderr.write("\r" + line[:150].ljust(150))
+                sys.stderr.flush()
+                self.last_print = now
+        elif done % self.every == 0 or done == self.total:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _dist_setup(device_name: str) -> tuple[int, int, torch.device, bool]:
+    """(rank, world_size, device, created_group). Starts a process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size <= 1:
+        return 0, 1, resolve_device(device_name), False
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        created = True
+    return dist.get_rank(), dist.get_world_size(), device, created
+
+
+def _all_reduce_max(value: float, device: torch.device, world_size: int) -> float:
+    if world_size <= 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _truncate_log(log_path: Path, iteration: int) -> None:
+    """Drop log records written after the checkpoint we resume from."""
+    if not log_path.exists():
+        return
+    records = [r for r in read_jsonl(log_path) if r.get("iter", 0) <= iteration]
+    write_text(log_path, "".join(_json_line(r) for r in records))
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record) + "\n"
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    collate_fn: Callable,
+    loss_fn: LossFn,
+    options: TrainOptions,
+    out_dir: str | Path,
+    desc: str = "train",
+) -> nn.Module:
+    """Train `model` on `dataset`, resuming from `out_dir/checkpoints/last.pt` if present.
+
+    Args:
+        model: the network (moved to the device here).
+        dataset: map-style dataset; items are combined by `collate_fn`.
+        collate_fn: list of items -> batch.
+        loss_fn: `(model, batch, device) -> {name: scalar tensor}`; the terms are summed
+            for backward. Under DDP `model` is the DDP wrapper: call it, not its submodules.
+        options: see `TrainOptions`.
+        out_dir: receives `log.jsonl` and `checkpoints/last.pt`.
+        desc: label of the progress line.
+    Returns:
+        the trained (unwrapped) model in eval mode.
+    Raises:
+        SystemExit: 143 after SIGTERM (138 after SIGUSR1), once a checkpoint is written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoints" / CHECKPOINT_NAME
+    log_path = out_dir / "log.jsonl"
+    rank, world_size, device, created_group = _dist_setup(options.device)
+    use_amp = options.amp and device.type == "cuda"
+    if len(dataset) == 0:
+        raise ValueError("empty training dataset")
+
+    torch.manual_seed(mix_seed(options.seed, -1, rank))
+    model.to(device)
+    if use_amp:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, options)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, options))
+    start_iter, skipped = 0, 0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_states(ckpt["rng"])
+        start_iter, skipped = int(ckpt["iteration"]), int(ckpt.get("skipped_steps", 0))
+        if rank == 0:
+            print(f"{desc}: resuming from {ckpt_path} at iteration {start_iter}", file=sys.stderr)
+    if rank == 0:
+        _truncate_log(log_path, start_iter)  # records of a killed run after its last checkpoint
+
+    train_model: nn.Module = model
+    if world_size > 1:
+        if device.type == "cuda":
+            train_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    raw_model = train_model.module if world_size > 1 else train_model
+
+    def save_checkpoint(iteration: int) -> None:
+        if rank != 0:
+            return
+        save_torch(ckpt_path, {
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": None,  # bf16 autocast needs no gradient scaler
+            "rng": _rng_states(),
+            "iteration": iteration,
+            "skipped_steps": skipped,
+            "options": asdict(options),
+        })
+
+    sampler = IterationBatchSampler(options.seed, start_iter, options.iterations, options.batch_size,
+                                    len(dataset), rank, world_size)
+    loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, collate_fn=collate_fn,
+                        num_workers=options.num_workers, pin_memory=device.type == "cuda")
+    stop = _StopFlag()
+    stop.install()
+    progress = _Progress(desc, options.iterations, start_iter, enabled=rank == 0)
+    window: dict[str, list[float]] = {}
+    train_model.train()
+    try:
+        if start_iter >= options.iterations:
+            return raw_model.eval()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        loader_iter = iter(loader)
+        t_end = time.perf_counter()
+        for it in range(start_iter, options.iterations):
+            batch = next(loader_iter)
+            t_data = time.perf_counter()
+            torch.manual_seed(mix_seed(options.seed, it, rank))
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                losses = loss_fn(train_model, batch, device)
+            loss = sum(v.float() for v in losses.values())
+            finite = _all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, device, world_size) == 0
+            optimizer.zero_grad(set_to_none=True)
+            if finite:
+                loss.backward()
+                if options.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(train_model.parameters(), options.grad_clip)
+                optimizer.step()
+            else:
+                skipped += 1
+                warnings.warn(f"{desc}: non-finite loss at iteration {it}; step skipped", stacklevel=2)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            done = it + 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t_now = time.perf_counter()
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            values.update(loss=float(loss.detach()), iter_time=t_now - t_end, data_time=t_data - t_end)
+            for k, v in values.items():
+                window.setdefault(k, []).append(v)
+            t_end = t_now
+            if rank == 0 and (done % options.log_every == 0 or done == options.iterations):
+                record = {"iter": done, **{k: float(np.mean(v)) for k, v in window.items()}, "lr": lr,
+                          "max_mem_mb": _max_mem_mb(device), "skipped_steps": skipped}
+                append_jsonl(log_path, record)
+                window = {}
+            progress.update(done, f"loss {values['loss']:.4f} lr {lr:.2e}")
+            stop_now = _all_reduce_max(float(stop.signum or 0), device, world_size)
+            if done % options.checkpoint_every == 0 or done == options.iterations or stop_now:
+                save_checkpoint(done)
+            if stop_now:
+                signum = signal.Signals(int(stop_now))
+                print(f"\n{desc}: received {signum.name}; checkpoint at iteration {done} written",
+                      file=sys.stderr)
+                raise SystemExit(EXIT_CODES.get(signum, 1))
+        progress.close()
+        return raw_model.eval()
+    finally:
+        stop.restore()
+        if created_group and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,197 @@
+"""Affinity map -> ranked mask proposals (GGN's released extraction setting by default).
+
+Pipeline: min over channels -> watershed superpixels -> boundary map (optionally
+orientation-aligned and spectrally globalised) -> region adjacency graph ->
+greedy merging (every node of the merge tree is a candidate) -> per-candidate
+statistics through the tree -> ranking, size / image-border filters, nested-set
+NMS -> top-k masks materialised through a label-map lookup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from oln.grouping.hierarchy import (
+    EDGE_MERGE_RULES,
+    LowestCommonAncestor,
+    MergeTree,
+    dfs_intervals,
+    merge_hierarchy,
+    region_adjacency,
+)
+from oln.grouping.orientation import orientation_aligned_boundary
+from oln.grouping.oversegment import oversegment, reduce_affinity, thick_boundaries
+from oln.grouping.ranking import candidate_statistics, check_rank_method, rank_values
+from oln.grouping.spectral import globalized_boundary
+
+RANK_POTENTIALS = ("affinity", "refined")
+
+
+@dataclass
+class GroupingOptions:
+    """Parameters of `affinity_to_proposals` (defaults = GGN's `pa_to_masks` extraction block).
+
+    Attributes:
+        seed_threshold: watershed seeds kept where affinity > seed_threshold x max (GGN edge_thresh).
+        footprint_size: side of the square window a seed must be the maximum of.
+        orientation: weight watershed-line boundary strength by orientation agreement (use_orientation).
+        globalization: weight of the spectral boundary in the combined boundary map; 0 = off.
+        spectral_vectors: eigenvectors for globalisation (incl. the dropped constant one).
+        spectral_gamma: affinity scale exp(-boundary / gamma) of the spectral graph.
+        spectral_max_pixels: the spectral graph is max-pooled to at most this many nodes;
+            None = exact at full resolution (very slow above ~10^5 pixels).
+        merge_threshold: merge while the lowest edge weight is below this (GGN join_thresh).
+        edge_merge: "mean" (GGN: average of the two merged edges) | "length_weighted".
+        rank: boundary | inside | inside_minus_boundary | boundary_minus_inside | ncut.
+        rank_potential: "affinity" (GGN use_new_affinity=False) | "refined" (boundary map on
+            watershed lines, affinity elsewhere).
+        border_fraction: drop a candidate whose pixels on the image border exceed this
+            fraction of its inner-boundary pixels (GGN filter_by_edge method 2); None = off.
+        min_size: drop candidates with fewer pixels (GGN min_component_size).
+        nms_iou: greedy mask NMS threshold (suppress IoU > nms_iou); None or >= 1 = off.
+        max_proposals: keep at most this many; None = all.
+    """
+
+    seed_threshold: float = 0.0
+    footprint_size: int = 20
+    orientation: bool = True
+    globalization: float = 0.5
+    spectral_vectors: int = 16
+    spectral_gamma: float = 0.12
+    spectral_max_pixels: int | None = 60_000
+    merge_threshold: float = 1.0
+    edge_merge: str = "mean"
+    rank: str = "boundary_minus_inside"
+    rank_potential: str = "affinity"
+    border_fraction: float | None = 0.9
+    min_size: int = 0
+    nms_iou: float | None = 0.2
+    max_proposals: int | None = 100
+
+    def validate(self) -> None:
+        """Raise ValueError for an unknown named option or out-of-range value."""
+        check_rank_method(self.rank)
+        if self.edge_merge not in EDGE_MERGE_RULES:
+            raise ValueError(f"unknown edge_merge {self.edge_merge!r}; expected one of {EDGE_MERGE_RULES}")
+        if self.rank_potential not in RANK_POTENTIALS:
+            raise ValueError(
+                f"unknown rank_potential {self.rank_potential!r}; expected one of {RANK_POTENTIALS}"
+            )
+        if not 0.0 <= self.globalization <= 1.0:
+            raise ValueError(f"globalization must be in [0, 1], got {self.globalization}")
+        if self.footprint_size < 1:
+            raise ValueError(f"footprint_size must be >= 1, got {self.footprint_size}")
+
+
+def _make_options(options: GroupingOptions | None, params: dict) -> GroupingOptions:
+    options = options or GroupingOptions()
+    known = {f.name for f in dataclasses.fields(GroupingOptions)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"unknown grouping parameter(s) {unknown}; expected some of {sorted(known)}")
+    options = dataclasses.replace(options, **params)
+    options.validate()
+    return options
+
+
+def boundary_map(affinity: np.ndarray, labels: np.ndarray, options: GroupingOptions) -> np.ndarray:
+    """Boundary strength used for the region graph: 1 - affinity, optionally aligned / globalised."""
+    if options.orientation:
+        boundary = orientation_aligned_boundary(affinity, labels)
+    else:
+        boundary = 1.0 - affinity
+    if options.globalization > 0:
+        spectral = globalized_boundary(
+            boundary, options.spectral_vectors, options.spectral_gamma, options.spectral_max_pixels
+        )
+        boundary = (1.0 - options.globalization) * boundary + options.globalization * spectral
+    return boundary.astype(np.float32)
+
+
+def _nested_nms(
+    order: np.ndarray,
+    area: np.ndarray,
+    enter: np.ndarray,
+    leave: np.ndarray,
+    iou: float | None,
+    limit: int | None,
+) -> list[int]:
+    """Greedy NMS over tree nodes: two nodes overlap only when nested, with IoU = small / large area."""
+    kept: list[int] = []
+    limit = limit if limit is not None else len(order)
+    for node in order.tolist():
+        if len(kept) >= limit:
+            break
+        if iou is not None and iou < 1.0 and kept:
+            k = np.asarray(kept)
+            nested = ((enter[k] <= enter[node]) & (enter[node] <= leave[k])) | (
+                (enter[node] <= enter[k]) & (enter[k] <= leave[node])
+            )
+            if nested.any():
+                ratio = np.minimum(area[k[nested]], area[node]) / np.maximum(area[k[nested]], area[node])
+                if (ratio > iou).any():
+                    continue
+        kept.append(node)
+    return kept
+
+
+def _materialise(
+    labels: np.ndarray, tree: MergeTree, nodes: list[int], enter: np.ndarray, leave: np.ndarray
+) -> np.ndarray:
+    """Full-resolution bool masks (N, H, W) of tree nodes via leaf lookup inside their bounding box."""
+    height, width = labels.shape
+    masks = np.zeros((len(nodes), height, width), dtype=bool)
+    leaf_enter = enter[: tree.num_leaves]
+    boxes = np.array([(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in ndi.find_objects(labels + 1)])
+    for i, node in enumerate(nodes):
+        members = np.flatnonzero((leaf_enter >= enter[node]) & (leaf_enter <= leave[node]))
+        y0, x0 = boxes[members, 0].min(), boxes[members, 2].min()
+        y1, x1 = boxes[members, 1].max(), boxes[members, 3].max()
+        lut = np.zeros(tree.num_leaves, dtype=bool)
+        lut[members] = True
+        masks[i, y0:y1, x0:x1] = lut[labels[y0:y1, x0:x1]]
+    return masks
+
+
+def affinity_to_proposals(
+    affinity: np.ndarray, options: GroupingOptions | None = None, **params
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a predicted affinity map into ranked mask proposals.
+
+    Args:
+        affinity: float (H, W) or (C, H, W) (reduced by min over C) in [0, 1], high inside objects.
+        options: GroupingOptions; keyword `params` override its fields (e.g. rank="ncut").
+    Returns:
+        masks: bool (N, H, W), best first; scores: float64 (N,), descending (1 - rank value).
+    """
+    options = _make_options(options, params)
+    affinity = reduce_affinity(affinity)
+    height, width = affinity.shape
+    empty = (np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float64))
+    labels = oversegment(affinity, options.footprint_size, options.seed_threshold)
+    if labels is None or labels.max() < 1:
+        return empty
+    boundary = boundary_map(affinity, labels, options)
+    tree = merge_hierarchy(region_adjacency(labels, boundary), options.merge_threshold, options.edge_merge)
+    potential = affinity
+    if options.rank_potential == "refined":
+        lines = thick_boundaries(labels)
+        potential = np.where(lines, 1.0 - boundary, affinity).astype(np.float32)
+    enter, leave = dfs_intervals(tree)
+    stats = candidate_statistics(labels, potential, tree, LowestCommonAncestor(tree, enter), enter)
+    values = rank_values(stats, options.rank)
+    keep = stats["area"] >= max(options.min_size, 1)
+    if options.border_fraction is not None:
+        keep &= ~(stats["border"] > options.border_fraction * stats["inner_count"])
+    candidates = np.flatnonzero(keep)
+    order = candidates[np.argsort(values[candidates], kind="stable")]
+    kept = _nested_nms(order, stats["area"], enter, leave, options.nms_iou, options.max_proposals)
+    if not kept:
+        return empty
+    masks = _materialise(labels, tree, kept, enter, leave)
+    scores = 1.0 - values[kept]
+    return masks, scores

@@ -1,0 +1,157 @@
+"""Slurm integration: Snakemake jobs through the shipped profile (slurm/config.yaml) on a real cluster.
+
+A single-node Slurm cluster is started on this machine by tests/slurm/cluster.sh (needs root
+and apt). Opt-in: set OLN_SLURM_TEST=1 (CI does). The full tiny DAG through Slurm takes
+minutes, so it also needs OLN_SLURM_FULL=1. Every Snakemake job through Slurm costs about
+15-45 s (Snakemake starts twice inside each job, and the plugin polls squeue with a growing
+interval).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
+PROFILE = REPO / "slurm" / "config.yaml"
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(
+        os.environ.get("OLN_SLURM_TEST") != "1",
+        reason="Slurm tests are opt-in: set OLN_SLURM_TEST=1 (starts a local Slurm cluster, needs root)",
+    ),
+]
+
+
+def cluster(action: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `tests/slurm/cluster.sh <action>`."""
+    command = ["bash", str(CLUSTER_SCRIPT), action]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """A running local cluster; stopped at the end unless it was already running before."""
+    was_running = cluster("status").returncode == 0
+    started = cluster("start")
+    assert started.returncode == 0, f"cluster.sh start failed:\n{started.stdout}\n{started.stderr}"
+    yield
+    if not was_running:
+        stopped = cluster("stop")
+        assert stopped.returncode == 0, stopped.stderr
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """`snakemake --profile slurm ...` in `workdir`; on timeout Snakemake (which cancels its
+    Slurm jobs on SIGTERM) is stopped and the test fails instead of hanging."""
+    command = ["snakemake", "--profile", "slurm", *args]
+    with subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as process:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                output, _ = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                output, _ = process.communicate()
+            pytest.fail(f"snakemake {' '.join(args)} still running after {timeout} s:\n{output[-4000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, output, "")
+
+
+def throwaway_workflow(workdir: Path, snakefile: str) -> Path:
+    """A workflow directory with `snakefile` and a copy of the shipped profile as ./slurm."""
+    (workdir / "slurm").mkdir(parents=True)
+    shutil.copy2(PROFILE, workdir / "slurm" / "config.yaml")
+    (workdir / "Snakefile").write_text(snakefile)
+    return workdir
+
+
+def slurm_job(job_id: str) -> dict[str, str]:
+    """`scontrol show job` as key -> value (finished jobs stay visible for MinJobAge)."""
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True)
+    return dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
+
+
+def test_profile_runs_a_job(slurm_cluster, tmp_path):
+    cpus = min(2, os.cpu_count() or 1)
+    workdir = throwaway_workflow(tmp_path, f"""
+rule probe:
+    output: "out/probe.txt"
+    log: "logs/probe.log"
+    threads: {cpus}
+    resources: mem_mb=300, runtime=3
+    shell: "(echo job_id=$SLURM_JOB_ID; echo threads={{threads}}) > {{output}} 2> {{log}}"
+""")
+    done = run_snakemake(workdir, "--cores", "all", timeout=180)
+    assert done.returncode == 0, done.stdout[-4000:]
+
+    probe = dict(line.split("=", 1) for line in (workdir / "out/probe.txt").read_text().split())
+    assert probe["job_id"].isdigit(), "the rule did not run inside a Slurm job"
+    assert probe["threads"] == str(cpus)
+    assert (workdir / "logs/probe.log").is_file()
+    # slurm-keep-successful-logs: the Slurm log of a successful job is kept
+    assert (workdir / f".snakemake/slurm_logs/rule_probe/{probe['job_id']}.log").is_file()
+    # the rule's threads and resources became the Slurm request
+    job = slurm_job(probe["job_id"])
+    assert job["JobState"] == "COMPLETED"
+    assert job["NumCPUs"] == str(cpus)
+    assert job["MinMemoryNode"] == "300M"
+    assert job["TimeLimit"] == "00:03:00"
+
+
+def test_failing_job_is_reported_not_hung(slurm_cluster, tmp_path):
+    workdir = throwaway_workflow(tmp_path, """
+rule doomed_step:
+    output: "out/never.txt"
+    log: "logs/doomed_step.log"
+    resources: mem_mb=200, runtime=2
+    shell: "echo this step fails on purpose > {log}; exit 1"
+""")
+    done = run_snakemake(workdir, "--cores", "all", "--retries", "0", timeout=120)
+    assert done.returncode != 0
+    assert "Error in rule doomed_step" in done.stdout
+    assert re.search(r"SLURM-job '\d+' failed", done.stdout), done.stdout[-4000:]
+    assert "this step fails on purpose" in (workdir / "logs/doomed_step.log").read_text()
+    assert not (workdir / "out/never.txt").exists()
+
+
+def copy_repository(dest: Path) -> Path:
+    """The repository's files (tracked and untracked, not ignored: no results/) copied to `dest`."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    for rel in filter(None, listed.split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("OLN_SLURM_FULL") != "1",
+                    reason="the tiny DAG through Slurm takes minutes: set OLN_SLURM_FULL=1 too")
+def test_tiny_workflow_through_slurm(slurm_cluster, tmp_path):
+    workdir = copy_repository(tmp_path)
+    # --cores all caps each rule's threads (and so its Slurm CPUs) at this machine's cores,
+    # the size of the test node; small memory defaults fit a CI machine.
+    done = run_snakemake(workdir, "--cores", "all", "--configfile", "config/tiny.yaml",
+                         "--default-resources", "mem_mb=1000", "runtime=60", timeout=3000)
+    assert done.returncode == 0, done.stdout[-6000:]
+
+    exp = workdir / "results/tiny"
+    assert (exp / "summary.csv").stat().st_size > 0
+    evaluations = sorted((exp / "eval").glob("*.json"))
+    assert evaluations and all(path.stat().st_size > 0 for path in evaluations)
+    slurm_logs = workdir / ".snakemake/slurm_logs"
+    for rule in ("train_pa", "extract_pseudo", "train_detector", "evaluate"):
+        assert list((slurm_logs / f"rule_{rule}").rglob("*.log")), f"no Slurm log of rule {rule}"
