@@ -228,3 +228,120 @@ def test_downsampled_globalization_close_to_exact():
     assert exact.shape == approx.shape == affinity.shape
     assert exact.max() == pytest.approx(1.0) and approx.max() == pytest.approx(1.0)
     assert np.corrcoef(exact.ravel(), approx.ravel())[0, 1] > 0.7
+
+
+# --- exact-equivalence checks of the fast implementations against plain reference versions ---
+
+
+def test_find_seeds_equal_skimage_peak_local_max():
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+
+    from oln.grouping.oversegment import find_seeds
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        shape = tuple(rng.integers(1, 40, 2))
+        affinity = rng.random(shape).astype(np.float32)
+        if trial % 2:  # plateaus and ties
+            affinity = np.round(affinity * 3) / 3
+        for size in (1, 2, 5, 20):
+            coords = peak_local_max(affinity, footprint=np.ones((size, size), bool))
+            peaks = np.zeros(shape, bool)
+            peaks[tuple(coords.T)] = True
+            expected, _ = ndi.label(peaks)
+            expected[affinity <= 0.5 * affinity.max()] = 0
+            assert np.array_equal(find_seeds(affinity, size, 0.5), expected)
+
+
+def reference_merge(graph: RegionGraph, threshold: float) -> tuple[list, list, list]:
+    """GGN's greedy merge, written plainly: a heap of (weight, a, b) tuples, mean edge rule."""
+    import heapq
+
+    neighbours = [dict() for _ in range(graph.num_regions)]
+    heap = []
+    for (a, b), w in zip(graph.edges.tolist(), graph.weights.tolist()):
+        neighbours[a][b] = neighbours[b][a] = w
+        heap.append((w, a, b))
+    heapq.heapify(heap)
+    parent, children, weights = [-1] * graph.num_regions, [], []
+    while heap:
+        w, a, b = heapq.heappop(heap)
+        if w >= threshold:
+            break
+        if parent[a] >= 0 or parent[b] >= 0:
+            continue
+        new = len(parent)
+        parent[a] = parent[b] = new
+        parent.append(-1)
+        children.append([a, b])
+        weights.append(w)
+        merged = {}
+        for other in (neighbours[a].keys() | neighbours[b].keys()) - {a, b}:
+            wa, wb = neighbours[a].get(other), neighbours[b].get(other)
+            merged[other] = wa if wb is None else wb if wa is None else (wa + wb) / 2.0
+            neighbours[other].pop(a, None)
+            neighbours[other].pop(b, None)
+            neighbours[other][new] = merged[other]
+            heapq.heappush(heap, (merged[other], new, other))
+        neighbours.append(merged)
+    return parent, children, weights
+
+
+@pytest.mark.parametrize("levels", [2, 5, None], ids=["ties", "some_ties", "distinct"])
+def test_merge_order_equals_plain_tuple_heap(levels):
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        labels = rng.integers(0, int(rng.integers(2, 40)), tuple(rng.integers(2, 10, 2))).astype(np.int32)
+        labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int32)
+        graph = region_adjacency(labels, rng.random(labels.shape).astype(np.float32))
+        if levels is not None:  # many equal weights, and equal averages of them
+            graph.weights = rng.integers(0, levels, graph.weights.size) / (levels - 1)
+        for threshold in (1.5, 0.5):
+            tree = merge_hierarchy(graph, threshold)
+            parent, children, weights = reference_merge(graph, threshold)
+            assert tree.parent.tolist() == parent
+            assert tree.children.tolist() == children
+            assert tree.merge_weights.tolist() == weights
+
+
+def test_lowest_common_ancestor_equals_ancestor_walk():
+    from oln.grouping.hierarchy import LowestCommonAncestor
+
+    affinity = random_map(4)
+    labels = oversegment(affinity, footprint_size=5)
+    graph = region_adjacency(labels, 1 - affinity)
+    tree = merge_hierarchy(graph, float(np.quantile(graph.weights, 0.7)))  # a forest
+    parent = tree.parent.tolist()
+
+    def ancestors(node):
+        path = [node]
+        while parent[path[-1]] >= 0:
+            path.append(parent[path[-1]])
+        return path
+
+    rng = np.random.default_rng(0)
+    u, v = rng.integers(0, tree.num_nodes, (2, 300))
+    expected = [next((x for x in ancestors(a) if x in set(ancestors(b))), -1) for a, b in zip(u, v)]
+    assert LowestCommonAncestor(tree)(u, v).tolist() == expected
+    assert (np.asarray(expected) == -1).any() and (np.asarray(expected) >= 0).any()
+
+
+def test_region_adjacency_equals_neighbourhood_definition():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(5)
+    labels = oversegment(random_map(6), footprint_size=4)
+    strength = rng.random(labels.shape).astype(np.float32)
+    graph = region_adjacency(labels, strength)
+    eroded = ndi.minimum_filter(labels, size=3, mode="nearest")
+    dilated = ndi.maximum_filter(labels, size=3, mode="nearest")
+    sums: dict[tuple[int, int], list[float]] = {}
+    for y, x in zip(*np.nonzero(eroded != labels)):
+        sums.setdefault((eroded[y, x], labels[y, x]), []).append(float(strength[y, x]))
+    for y, x in zip(*np.nonzero(dilated != labels)):
+        sums.setdefault((labels[y, x], dilated[y, x]), []).append(float(strength[y, x]))
+    assert graph.edges.tolist() == sorted([list(k) for k in sums])
+    assert graph.lengths.tolist() == [len(sums[tuple(e)]) for e in graph.edges.tolist()]
+    means = [np.mean(sums[tuple(e)]) for e in graph.edges.tolist()]
+    np.testing.assert_allclose(graph.weights, means, rtol=1e-12)

@@ -21,6 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "slurm" / "config.yaml"
+PROBE_CPUS = min(2, os.cpu_count() or 1)
 
 pytestmark = [
     pytest.mark.slurm,
@@ -42,7 +43,9 @@ def slurm_cluster():
     """A running local cluster; stopped at the end unless it was already running before."""
     was_running = cluster("status").returncode == 0
     started = cluster("start")
-    assert started.returncode == 0, f"cluster.sh start failed:\n{started.stdout}\n{started.stderr}"
+    if started.returncode != 0:
+        cluster("stop")
+        pytest.fail(f"cluster.sh start failed:\n{started.stdout}\n{started.stderr}")
     yield
     if not was_running:
         stopped = cluster("stop")
@@ -50,20 +53,25 @@ def slurm_cluster():
 
 
 def run_snakemake(workdir: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
-    """`snakemake --profile slurm ...` in `workdir`; on timeout Snakemake (which cancels its
-    Slurm jobs on SIGTERM) is stopped and the test fails instead of hanging."""
+    """`snakemake --profile slurm ...` in `workdir`. On timeout the test fails instead of hanging:
+    Snakemake gets SIGINT (it then cancels its Slurm jobs and exits; SIGTERM would make it wait
+    for every submitted job); if it is still there 60 s later it is killed and the jobs of its
+    run (the plugin names them by its run ID) are cancelled."""
     command = ["snakemake", "--profile", "slurm", *args]
     with subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as process:
         try:
             output, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGTERM)
+            process.send_signal(signal.SIGINT)
             try:
-                output, _ = process.communicate(timeout=30)
+                output, _ = process.communicate(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 output, _ = process.communicate()
+                run_id = re.search(r"SLURM run ID: (\S+)", output)
+                if run_id:
+                    subprocess.run(["scancel", "--name", run_id.group(1)], check=False)
             pytest.fail(f"snakemake {' '.join(args)} still running after {timeout} s:\n{output[-4000:]}")
     return subprocess.CompletedProcess(command, process.returncode, output, "")
 
@@ -82,34 +90,63 @@ def slurm_job(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
 
 
-def test_profile_runs_a_job(slurm_cluster, tmp_path):
-    cpus = min(2, os.cpu_count() or 1)
-    workdir = throwaway_workflow(tmp_path, f"""
+@pytest.fixture(scope="module")
+def probe_run(slurm_cluster, tmp_path_factory) -> Path:
+    """A two-rule workflow through the profile: `probe` (CPUs, memory, time) and `gpu_probe`
+    (one GPU: the test cluster's GPUs are fake, only their scheduling is real)."""
+    workdir = throwaway_workflow(tmp_path_factory.mktemp("probe"), f"""
+rule all:
+    input: "out/probe.txt", "out/gpu_probe.txt"
+
 rule probe:
     output: "out/probe.txt"
     log: "logs/probe.log"
-    threads: {cpus}
+    threads: {PROBE_CPUS}
     resources: mem_mb=300, runtime=3
     shell: "(echo job_id=$SLURM_JOB_ID; echo threads={{threads}}) > {{output}} 2> {{log}}"
-""")
-    done = run_snakemake(workdir, "--cores", "all", timeout=180)
-    assert done.returncode == 0, done.stdout[-4000:]
 
-    probe = dict(line.split("=", 1) for line in (workdir / "out/probe.txt").read_text().split())
+rule gpu_probe:
+    output: "out/gpu_probe.txt"
+    log: "logs/gpu_probe.log"
+    resources: gpu=1, mem_mb=300, runtime=3
+    shell: "echo job_id=$SLURM_JOB_ID > {{output}} 2> {{log}}"
+""")
+    done = run_snakemake(workdir, "--cores", "all", timeout=240)
+    assert done.returncode == 0, done.stdout[-4000:]
+    return workdir
+
+
+def read_probe(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().split())
+
+
+def test_profile_runs_a_job(probe_run):
+    probe = read_probe(probe_run / "out/probe.txt")
     assert probe["job_id"].isdigit(), "the rule did not run inside a Slurm job"
-    assert probe["threads"] == str(cpus)
-    assert (workdir / "logs/probe.log").is_file()
+    assert probe["threads"] == str(PROBE_CPUS)
+    assert (probe_run / "logs/probe.log").is_file()
     # slurm-keep-successful-logs: the Slurm log of a successful job is kept
-    assert (workdir / f".snakemake/slurm_logs/rule_probe/{probe['job_id']}.log").is_file()
+    assert (probe_run / f".snakemake/slurm_logs/rule_probe/{probe['job_id']}.log").is_file()
     # the rule's threads and resources became the Slurm request
     job = slurm_job(probe["job_id"])
     assert job["JobState"] == "COMPLETED"
-    assert job["NumCPUs"] == str(cpus)
+    assert job["NumCPUs"] == str(PROBE_CPUS)
     assert job["MinMemoryNode"] == "300M"
     assert job["TimeLimit"] == "00:03:00"
 
 
+def test_gpu_resource_becomes_a_slurm_gpu_request(probe_run):
+    """Plugin 2.8.0 turns the resource `gpu` (not `gpus`) into `sbatch --gpus`."""
+    probe = read_probe(probe_run / "out/gpu_probe.txt")
+    job = slurm_job(probe["job_id"])
+    assert job["JobState"] == "COMPLETED"
+    assert re.search(r"gpu:1$", job.get("TresPerJob", "")), job.get("TresPerJob")
+    cpu_job = slurm_job(read_probe(probe_run / "out/probe.txt")["job_id"])
+    assert "gpu" not in cpu_job.get("TresPerJob", "")
+
+
 def test_failing_job_is_reported_not_hung(slurm_cluster, tmp_path):
+    """A job that fails in Slurm ends the run with an error naming the rule, within a time limit."""
     workdir = throwaway_workflow(tmp_path, """
 rule doomed_step:
     output: "out/never.txt"

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
+from oln.backbones import BACKBONE_HELP, build_resnet, is_backbone, stage_channels
 from oln.io import save_torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("bn", "gn")
 POOL_SCALES = (1, 2, 3, 6)
 
@@ -31,7 +30,8 @@ class PAModelOptions:
     """Affinity network options.
 
     Attributes:
-        backbone: resnet18 | resnet34 | resnet50 (GGN) | resnet101.
+        backbone: resnet18 | resnet34 | resnet50 (GGN) | resnet101 | resnet18_w<N> (ResNet-18 of
+            base width N, e.g. resnet18_w16 at 1/16 of the compute; see oln.backbones).
         norm: bn (BatchNorm, GGN) | gn (GroupNorm) in backbone and head.
         head_channels: UPerNet width (PPM and FPN channels; GGN: 512 PPM / 256 FPN).
         pretrained_path: local torchvision ResNet state_dict to initialise the backbone
@@ -66,9 +66,9 @@ class ResNetStages(nn.Module):
 
     def __init__(self, name: str, norm: str, pretrained_path: str = ""):
         super().__init__()
-        if name not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
-        net = getattr(torchvision.models, name)(weights=None, norm_layer=lambda c: norm_layer(norm, c))
+        if not is_backbone(name):
+            raise ValueError(f"backbone must be {BACKBONE_HELP}, got {name!r}")
+        net = build_resnet(name, norm_layer=lambda c: norm_layer(norm, c))
         if pretrained_path:
             state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
@@ -82,8 +82,7 @@ class ResNetStages(nn.Module):
                 )
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
-        expansion = 4 if name in ("resnet50", "resnet101") else 1
-        self.out_channels = [c * expansion for c in (64, 128, 256, 512)]
+        self.out_channels = stage_channels(name)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)

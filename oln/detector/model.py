@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
-import torchvision
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -34,6 +33,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from oln.backbones import BACKBONE_HELP, build_resnet, is_backbone
 from oln.detector.components import DetectorBase, Float32FastRCNNPredictor, Float32RPNHead, PastingTransform
 from oln.detector.oln_heads import OLNRCNN, OLNBoxPredictor, OLNRegionProposalNetwork, OLNRoIHeads, OLNRPNHead
 from oln.detector.two_tower import TwoTowerRCNN
@@ -41,7 +41,6 @@ from oln.detector.two_tower import TwoTowerRCNN
 log = logging.getLogger(__name__)
 
 ARCHS = ("mask_rcnn", "faster_rcnn", "oln", "two_tower")
-BACKBONES = ("resnet18", "resnet50", "resnet101")
 BACKBONE_NORMS = ("auto", "frozen_bn", "bn")
 NUM_CLASSES = 2  # background + object
 
@@ -52,7 +51,8 @@ class DetectorOptions:
 
     Fields:
         arch: "mask_rcnn" | "faster_rcnn" | "oln" | "two_tower".
-        backbone: "resnet18" | "resnet50" | "resnet101" (FPN on C2-C5 + max-pool level).
+        backbone: "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet18_w<N>" (ResNet-18 of base
+            width N, see oln.backbones); FPN on C2-C5 + max-pool level.
         backbone_weights: local torchvision ResNet state-dict file ("" = random init).
         model_weights: local full-detector state-dict file loaded last ("" = none).
         backbone_norm: "auto" (frozen BN when weights are given, trainable BN otherwise),
@@ -117,10 +117,11 @@ class DetectorOptions:
     def __post_init__(self) -> None:
         checks = [
             (self.arch, ARCHS, "arch"),
-            (self.backbone, BACKBONES, "backbone"),
             (self.backbone_norm, BACKBONE_NORMS, "backbone_norm"),
             (self.tower, ("a", "b", "pooled"), "tower"),
         ]
+        if not is_backbone(self.backbone):
+            raise ValueError(f"DetectorOptions.backbone must be {BACKBONE_HELP}, got {self.backbone!r}")
         for value, allowed, name in checks:
             if value not in allowed:
                 raise ValueError(f"DetectorOptions.{name} must be one of {allowed}, got {value!r}")
@@ -159,7 +160,7 @@ def load_state_file(path: str) -> dict[str, torch.Tensor]:
 
 def build_backbone(options: DetectorOptions) -> BackboneWithFPN:
     """ResNet + FPN (levels '0'-'3' and 'pool') with `fpn_channels` outputs."""
-    resnet = getattr(torchvision.models, options.backbone)(weights=None, norm_layer=_norm_layer(options))
+    resnet = build_resnet(options.backbone, norm_layer=_norm_layer(options))
     if options.backbone_weights:
         missing, unexpected = resnet.load_state_dict(load_state_file(options.backbone_weights), strict=False)
         if missing:

@@ -48,12 +48,13 @@ def region_adjacency(labels: np.ndarray, boundary_strength: np.ndarray) -> Regio
         RegionGraph.
     """
     num_regions = int(labels.max()) + 1
-    eroded, dilated = _neighbourhood_min_max(labels, num_regions)
-    below = eroded != labels
-    above = dilated != labels
-    small = np.concatenate([eroded[below], labels[above]]).astype(np.int64)
-    large = np.concatenate([labels[below], dilated[above]]).astype(np.int64)
-    values = np.concatenate([boundary_strength[below], boundary_strength[above]]).astype(np.float64)
+    eroded, dilated = (image.ravel() for image in _neighbourhood_min_max(labels, num_regions))
+    flat_labels, flat_strength = labels.ravel(), boundary_strength.ravel()
+    below = np.flatnonzero(eroded != flat_labels)
+    above = np.flatnonzero(dilated != flat_labels)
+    small = np.concatenate([eroded[below], flat_labels[above]]).astype(np.int64)
+    large = np.concatenate([flat_labels[below], dilated[above]]).astype(np.int64)
+    values = np.concatenate([flat_strength[below], flat_strength[above]]).astype(np.float64)
     keys, inverse = unique_pairs(small, large, num_regions)
     # bincount sums each pair's values in pixel order (keeps results bit-stable)
     lengths = np.bincount(inverse, minlength=keys.size)
@@ -131,50 +132,60 @@ def merge_hierarchy(graph: RegionGraph, threshold: float = 1.0, edge_merge: str 
         raise ValueError(f"unknown edge_merge {edge_merge!r}; expected one of {EDGE_MERGE_RULES}")
     num_leaves = graph.num_regions
     length_weighted = edge_merge == "length_weighted"
-    # neighbours[node][other] = weight ("mean") or (weight, boundary sum, boundary length)
-    neighbours: list[dict | None] = [{} for _ in range(num_leaves)]
-    queue = _EdgeQueue(2 * num_leaves)
+    # Work is indexed by slots 0..L-1: a merged node takes over the slot of the child with more
+    # neighbours, so only the other child's edges are re-keyed (smaller into larger).
+    # edges[slot][other slot] = weight ("mean") or (weight, boundary sum, boundary length).
+    edges: list[dict | None] = [{} for _ in range(num_leaves)]
+    node_in_slot = list(range(num_leaves))  # -1 once the slot's node has been absorbed
+
+    def edge_key(slot_a: int, slot_b: int) -> tuple[int, int] | None:
+        """The (a, b) of the edge between two slots' nodes in GGN's order, (small, large) between
+        two superpixels and (newer node, older node) otherwise; None if a slot was absorbed."""
+        a, b = node_in_slot[slot_a], node_in_slot[slot_b]
+        if a < 0 or b < 0:
+            return None
+        if (a < num_leaves and b < num_leaves) == (a < b):
+            return a, b
+        return b, a
+
+    queue = _EdgeQueue(num_leaves, edge_key)
     for (a, b), w, n in zip(graph.edges.tolist(), graph.weights.tolist(), graph.lengths.tolist()):
-        neighbours[a][b] = neighbours[b][a] = (w, w * n, n) if length_weighted else w
+        edges[a][b] = edges[b][a] = (w, w * n, n) if length_weighted else w
         queue.push(w, a, b)
     parent = [-1] * num_leaves
     children: list[tuple[int, int]] = []
     merge_weights: list[float] = []
     while queue:
-        weight, a, b = queue.pop()
+        weight, slot_a, slot_b = queue.pop()
         if weight >= threshold:
             break
-        if parent[a] >= 0 or parent[b] >= 0:  # an edge of a node that has merged since
-            continue
+        if node_in_slot[slot_a] < 0 or node_in_slot[slot_b] < 0:
+            continue  # an edge of a node that has merged since
+        entry = edges[slot_a].get(slot_b)
+        if entry is None or (entry[0] if length_weighted else entry) != weight:
+            continue  # replaced by a combined edge of another weight
+        a, b = edge_key(slot_a, slot_b)
         new = len(parent)
         parent[a] = parent[b] = new
         parent.append(-1)
         children.append((a, b))
         merge_weights.append(weight)
-        # the larger edge dict becomes the new node's; edges from one side only keep their
-        # weight and are renamed in the queue, shared neighbours get a combined edge
-        kept, absorbed = (a, b) if len(neighbours[a]) >= len(neighbours[b]) else (b, a)
-        merged, other_edges = neighbours[kept], neighbours[absorbed]
-        del merged[absorbed], other_edges[kept]
-        neighbours[a] = neighbours[b] = None
-        neighbours.append(merged)
-        for other, entry in other_edges.items():
-            nbr = neighbours[other]
-            del nbr[absorbed]
+        kept, absorbed = (slot_a, slot_b) if len(edges[slot_a]) >= len(edges[slot_b]) else (slot_b, slot_a)
+        merged, moved = edges[kept], edges[absorbed]
+        del merged[absorbed], moved[kept]
+        edges[absorbed] = None
+        node_in_slot[absorbed] = -1
+        node_in_slot[kept] = new
+        for other, entry in moved.items():
+            other_edges = edges[other]
+            del other_edges[absorbed]
             mine = merged.get(other)
-            if mine is None:
-                queue.rename(entry[0] if length_weighted else entry, absorbed, other, new)
+            if mine is None:  # same weight, now to the new node
+                queue.rename(entry[0] if length_weighted else entry, absorbed, other, kept)
             else:
-                del nbr[kept]
                 entry = _combine(mine, entry) if length_weighted else (mine + entry) / 2.0
-                queue.push(entry[0] if length_weighted else entry, new, other)
-            merged[other] = nbr[new] = entry
-        for other, entry in merged.items():
-            if other not in other_edges:
-                nbr = neighbours[other]
-                del nbr[kept]
-                nbr[new] = entry
-                queue.rename(entry[0] if length_weighted else entry, kept, other, new)
+                queue.push(entry[0] if length_weighted else entry, kept, other)
+            merged[other] = other_edges[kept] = entry
     return MergeTree(
         num_leaves,
         np.asarray(parent, dtype=np.int64),
@@ -190,56 +201,71 @@ def _combine(entry_a: tuple, entry_b: tuple) -> tuple[float, float, int]:
 
 
 class _EdgeQueue:
-    """Edges (weight, a, b) popped in tuple order; node ids are below `max_nodes`.
+    """Queued edges (weight, slot, slot), popped by weight, equal weights by `order_key(slot, slot)`.
 
-    Equivalent to a heap of (weight, a, b) tuples with lazy deletion (entries of merged
-    nodes are skipped by the caller), but faster: a heap of distinct float weights plus,
-    per weight, a heap of pair codes a * max_nodes + b (float and int comparisons are
-    cheaper than tuple ones), and an edge whose weight survives a merge is renamed in
-    place instead of being pushed again next to a dead copy.
+    A heap of distinct float weights (float comparisons are several times cheaper than
+    tuple ones) and per weight the one slot-pair code a * num_slots + b, or, when several
+    edges share the weight, a heap of (order key, code). An edge's order key only grows
+    (it changes when an end merges into a newer node), so a stale key is refreshed when
+    it reaches the top. Entries are never removed early: the caller skips those whose slot
+    was absorbed (order key None) or whose edge was replaced by one of another weight; one
+    with the live edge's slots and weight is ordered exactly like the live edge, so merges
+    happen in GGN's (weight, a, b) order.
     """
 
-    def __init__(self, max_nodes: int):
-        self.max_nodes = max_nodes
+    def __init__(self, num_slots: int, order_key):
+        self.num_slots = num_slots
+        self.order_key = order_key
         self.weights: list[float] = []
-        self.pairs: dict[float, list[int]] = {}
+        self.codes: dict[float, int | list[tuple[tuple[int, int] | None, int]]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.weights)
 
-    def push(self, weight: float, a: int, b: int) -> None:
-        code = a * self.max_nodes + b
-        pairs = self.pairs.get(weight)
-        if pairs is None:
-            self.pairs[weight] = [code]
+    def _keyed(self, code: int) -> tuple[tuple[int, int] | None, int]:
+        key = self.order_key(*divmod(code, self.num_slots))
+        return (key if key is not None else (-1, -1)), code
+
+    def push(self, weight: float, slot_a: int, slot_b: int) -> None:
+        code = slot_a * self.num_slots + slot_b
+        codes = self.codes.get(weight)
+        if codes is None:
+            self.codes[weight] = code
             heapq.heappush(self.weights, weight)
+        elif type(codes) is int:
+            self.codes[weight] = [self._keyed(codes), self._keyed(code)]
+            heapq.heapify(self.codes[weight])
         else:
-            heapq.heappush(pairs, code)
+            heapq.heappush(codes, self._keyed(code))
 
     def rename(self, weight: float, old: int, other: int, new: int) -> None:
-        """Turn the queued edge (weight, old, other) or (weight, other, old) into (weight, new, other)."""
-        pairs = self.pairs[weight]
-        code = new * self.max_nodes + other
-        if len(pairs) == 1:
-            pairs[0] = code
-            return
-        index = pairs.index(old * self.max_nodes + other) if old * self.max_nodes + other in pairs else (
-            pairs.index(other * self.max_nodes + old)
-        )
-        pairs[index] = code
-        heapq.heapify(pairs)
+        """Make the queued live edge between slots `old` and `other` one between `new` and `other`."""
+        code = new * self.num_slots + other
+        codes = self.codes[weight]
+        if type(codes) is int:  # the live edge is queued under its weight, so this is it
+            self.codes[weight] = code
+        else:  # its old entry names an absorbed slot from now on
+            heapq.heappush(codes, self._keyed(code))
 
     def pop(self) -> tuple[float, int, int]:
+        """Remove and return an entry of the lowest weight, the one with the smallest order key."""
         weight = self.weights[0]
-        pairs = self.pairs[weight]
-        if len(pairs) == 1:
-            code = pairs[0]
-            heapq.heappop(self.weights)
-            del self.pairs[weight]
+        codes = self.codes[weight]
+        if type(codes) is int:
+            code = codes
         else:
-            code = heapq.heappop(pairs)
-        a, b = divmod(code, self.max_nodes)
-        return weight, a, b
+            while True:
+                stored, code = codes[0]
+                key = self.order_key(*divmod(code, self.num_slots))
+                if key is None or key == stored:
+                    break
+                heapq.heapreplace(codes, (key, code))
+            heapq.heappop(codes)
+        if type(codes) is int or not codes:
+            heapq.heappop(self.weights)
+            del self.codes[weight]
+        slot_a, slot_b = divmod(code, self.num_slots)
+        return weight, slot_a, slot_b
 
 
 def subtree_sums(tree: MergeTree, values: np.ndarray) -> np.ndarray:

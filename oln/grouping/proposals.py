@@ -13,7 +13,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from oln.grouping.hierarchy import (
     EDGE_MERGE_RULES,
@@ -139,21 +138,46 @@ def _nested_nms(
     return kept
 
 
+def _leaf_boxes(labels: np.ndarray, num_leaves: int) -> np.ndarray:
+    """Bounding box (y0, y1, x0, x1), end-exclusive, of every superpixel, from its horizontal runs."""
+    height, width = labels.shape
+    starts = np.ones((height, width), dtype=bool)
+    starts[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    ends = np.ones((height, width), dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    first, last = np.flatnonzero(starts), np.flatnonzero(ends)
+    run_labels = labels.ravel()[first]
+    row, first_col = np.divmod(first, width)
+    boxes = np.empty((num_leaves, 4), dtype=np.int64)
+    boxes[:, [0, 2]] = np.iinfo(np.int64).max
+    boxes[:, [1, 3]] = -1
+    np.minimum.at(boxes[:, 0], run_labels, row)
+    np.maximum.at(boxes[:, 1], run_labels, row + 1)
+    np.minimum.at(boxes[:, 2], run_labels, first_col)
+    np.maximum.at(boxes[:, 3], run_labels, last % width + 1)
+    return boxes
+
+
 def _materialise(
     labels: np.ndarray, tree: MergeTree, nodes: list[int], enter: np.ndarray, leave: np.ndarray
 ) -> np.ndarray:
-    """Full-resolution bool masks (N, H, W) of tree nodes via leaf lookup inside their bounding box."""
+    """Full-resolution bool masks (N, H, W) of tree nodes, filled inside their bounding box.
+
+    With superpixels relabelled by DFS entry index, a node's mask is the range test
+    enter[node] <= label <= leave[node].
+    """
     height, width = labels.shape
     masks = np.zeros((len(nodes), height, width), dtype=bool)
     leaf_enter = enter[: tree.num_leaves]
-    boxes = np.array([(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in ndi.find_objects(labels + 1)])
+    boxes = _leaf_boxes(labels, tree.num_leaves)
+    dtype = np.uint16 if tree.num_nodes <= np.iinfo(np.uint16).max else np.uint32
+    dfs_labels = leaf_enter.astype(dtype)[labels]
     for i, node in enumerate(nodes):
-        members = np.flatnonzero((leaf_enter >= enter[node]) & (leaf_enter <= leave[node]))
+        members = (leaf_enter >= enter[node]) & (leaf_enter <= leave[node])
         y0, x0 = boxes[members, 0].min(), boxes[members, 2].min()
         y1, x1 = boxes[members, 1].max(), boxes[members, 3].max()
-        lut = np.zeros(tree.num_leaves, dtype=bool)
-        lut[members] = True
-        masks[i, y0:y1, x0:x1] = lut[labels[y0:y1, x0:x1]]
+        offset = dfs_labels[y0:y1, x0:x1] - dtype(enter[node])  # wraps around below enter[node]
+        np.less_equal(offset, dtype(leave[node] - enter[node]), out=masks[i, y0:y1, x0:x1])
     return masks
 
 

@@ -85,14 +85,15 @@ def candidate_statistics(
     flat_labels = labels.ravel()
     leaf_stats = np.zeros((num_nodes, len(STAT_FIELDS)))
     leaf_stats[: tree.num_leaves, 0] = np.bincount(flat_labels, minlength=tree.num_leaves)
-    leaf_stats[: tree.num_leaves, 1] = np.bincount(flat_labels, potential.ravel().astype(np.float64), minlength=tree.num_leaves)
+    flat_potential = potential.ravel().astype(np.float64)
+    leaf_stats[: tree.num_leaves, 1] = np.bincount(flat_labels, flat_potential, minlength=tree.num_leaves)
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     leaf_stats[: tree.num_leaves, 2] = np.bincount(border, minlength=tree.num_leaves)
 
     on_boundary, columns = _boundary_neighbourhoods(labels)
     own = flat_labels[on_boundary].astype(np.int64)
-    values = potential.ravel()[on_boundary].astype(np.float64)
-    # distinct[:, j]: the j-th sorted neighbour label is foreign and not a repeat
+    values = flat_potential[on_boundary]
+    # distinct[j]: the j-th sorted neighbour label is foreign and not a repeat of the one before
     distinct = [columns[0] != own] + [(columns[j] != own) & (columns[j] != columns[j - 1]) for j in (1, 2, 3)]
     num_foreign = distinct[0].astype(np.int64) + distinct[1] + distinct[2] + distinct[3]
 
@@ -121,7 +122,9 @@ def candidate_statistics(
         a = own[junction]
         v = values[junction]
         ones = np.ones_like(v)
-        foreign_labels = np.stack([np.where(d[junction], c[junction], -1) for d, c in zip(distinct, columns)], 1)
+        foreign_labels = np.stack(
+            [np.where(d[junction], c[junction], -1) for d, c in zip(distinct, columns)], axis=1
+        )
         # inner: stop at the LCA of the own label and all neighbour labels
         joint = a.copy()
         for j in range(4):

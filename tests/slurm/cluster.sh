@@ -9,11 +9,11 @@
 #
 # Needs root, Debian/Ubuntu (apt-get) and works without systemd. Everything the cluster
 # writes (state, spool, logs, pid files, the munge socket) lives under $OLN_SLURM_DIR
-# (default /tmp/oln-slurm). Outside it: /etc/slurm/slurm.conf (Slurm's default path; the
-# Snakemake job step drops SLURM_CONF from the environment of `srun` inside a job, so a
-# config elsewhere does not work; an existing config not written by this script is never
-# overwritten, and `stop` removes ours), /etc/hosts (hostname entry, only when the
-# hostname does not resolve) and /etc/munge/munge.key (created only when missing).
+# (default /tmp/oln-slurm). Outside it: /etc/slurm/slurm.conf and gres.conf (Slurm's default
+# path; the Snakemake job step drops SLURM_CONF from the environment of `srun` inside a job,
+# so a config elsewhere does not work; existing files not written by this script are never
+# overwritten, and `stop` removes ours), /etc/hosts (hostname entry, only when the hostname
+# does not resolve) and /etc/munge/munge.key (created only when missing).
 # Environment:
 #   OLN_SLURM_DIR       state directory (default /tmp/oln-slurm)
 #   OLN_SLURM_TIMEOUT   seconds to wait for the node to become idle (default 60)

@@ -1,9 +1,15 @@
 # Shared helpers: config validation (schema defaults), output paths, stage params.
 import hashlib
 import json
+import signal
 from pathlib import Path
 
 from oln.config import deep_merge, validate_config
+
+# Slurm sends SIGUSR1 (--signal=USR1@T) to the whole job before its time limit: Snakemake
+# inside the job must survive it so the training process (which checkpoints on it) is
+# waited for and its non-zero exit is reported; see docs/cluster.md.
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 # Validate once with the project schema (fills every default, names a bad key).
 _validated = validate_config(config)
@@ -49,13 +55,18 @@ def data_paths():
 
 
 DATA = data_paths()
-SPLITS = f"--seen {json.dumps(DATASET['seen'])!r} --unseen {json.dumps(DATASET['unseen'])!r}"
 
 
 def resources_of(rule_name):
-    """Cluster resources of a rule: resources.default overlaid by resources.<rule>."""
+    """Cluster resources of a rule: resources.default overlaid by resources.<rule>.
+
+    `gpus` becomes the Slurm plugin's `gpu` resource (sbatch --gpus); the other keys
+    (cpus_per_task, mem_mb, runtime, slurm_partition, slurm_account) pass through.
+    """
     merged = dict(config["resources"].get("default", {}))
     merged.update(config["resources"].get(rule_name, {}))
+    if "gpus" in merged:
+        merged["gpu"] = merged.pop("gpus")
     return merged
 
 
@@ -71,9 +82,17 @@ def all_targets():
     ]
 
 
+def threads_of(rule_name, default):
+    """Threads of a rule: its resources' cpus_per_task when configured, else `default`.
+
+    Locally Snakemake caps threads at --cores; on Slurm the job gets this many CPUs.
+    """
+    return int(resources_of(rule_name).get("cpus_per_task", default))
+
+
 def launcher(resources):
     """`oln` for one process, `torchrun ... -m oln.cli` for one process per GPU of the job."""
-    gpus = int(resources.get("gpu", 0) or resources.get("gpus", 0) or 0)
+    gpus = int(resources.get("gpu", 0) or 0)
     if gpus > 1:
         return f"torchrun --standalone --nproc_per_node={gpus} -m oln.cli"
     return "oln"
@@ -127,3 +146,15 @@ def evaluation_names():
 
 
 EVALS = evaluation_names()
+
+
+def detector_train_json(wildcards):
+    """Seen GT alone, or the merged GT + pseudo-GT json, by the run's `pseudo` flag."""
+    return f"{OUT}/pseudo/train.json" if RUNS[wildcards.run]["pseudo"] else DATA["train_json"]
+
+
+def eval_detections(wildcards):
+    """Predictions behind an evaluation name: a run, a two-tower tower (`run_a`), or PA proposals."""
+    if wildcards.name == "pa_proposals":
+        return f"{OUT}/pseudo/val_proposals.json"
+    return f"{OUT}/detector/{EVALS[wildcards.name]}"

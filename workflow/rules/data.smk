@@ -9,7 +9,9 @@ rule synthesize:
     params:
         section=section("synthetic"),
         code=code_hash("oln/data/synthetic.py", "oln/data/shapes.py", "oln/io.py"),
-        out_dir=f"{OUT}/data",
+        out_dir=lambda wildcards, output: str(Path(output.train).parent),
+    conda:
+        "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/synthesize.log",
     benchmark:
@@ -17,7 +19,7 @@ rule synthesize:
     resources:
         **resources_of("synthesize"),
     shell:
-        "oln synthesize --out {params.out_dir} --params {params.section:q} > {log} 2>&1"
+        "exec oln synthesize --out {params.out_dir} --params {params.section:q} > {log} 2>&1"
 
 
 rule summarize_data:
@@ -30,11 +32,13 @@ rule summarize_data:
     params:
         code=code_hash("oln/data/summary.py"),
         image_root=DATA["train_images"],
+    conda:
+        "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/summarize_data.log",
     resources:
         **resources_of("summarize_data"),
     shell:
-        "oln summarize-data --json train={input.train} --json val={input.val}"
+        "exec oln summarize-data --json train={input.train} --json val={input.val}"
         " --image-root {params.image_root} --summary-out {output.summary}"
         " --preview-out {output.preview} > {log} 2>&1"

@@ -2,11 +2,6 @@
 # only; ggn: seen GT + pseudo-GT; ...), then predictions on the val split.
 
 
-def detector_train_json(wildcards):
-    """Seen GT alone, or the merged GT + pseudo-GT json, by the run's `pseudo` flag."""
-    return rules.merge_pseudo.output.train if RUNS[wildcards.run]["pseudo"] else DATA["train_json"]
-
-
 rule train_detector:
     input:
         train=detector_train_json,
@@ -16,24 +11,28 @@ rule train_detector:
         curve=report(f"{OUT}/detector/{{run}}/curve.png", caption="../report/detector_curve.rst",
                      category="Detectors", subcategory="{run}"),
     params:
+        seen=json.dumps(DATASET["seen"]),
+        unseen=json.dumps(DATASET["unseen"]),
+        device=config["device"],
         run=lambda wildcards: json.dumps(RUNS[wildcards.run], sort_keys=True),
         dataset=section("dataset"),
-        code=code_hash("oln/detector", "oln/engine.py", "oln/data/coco.py", "oln/data/transforms.py"),
+        code=code_hash("oln/detector", "oln/backbones.py", "oln/engine.py", "oln/data/coco.py", "oln/data/transforms.py"),
         image_root=lambda wildcards: DATA["train_images"],
-        out_dir=f"{OUT}/detector/{{run}}",
+        out_dir=lambda wildcards, output: str(Path(output.model).parent),
         launcher=lambda wildcards, resources: launcher(resources),
+    conda:
+        "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/train_detector/{{run}}.log",
     benchmark:
         f"{OUT}/benchmarks/train_detector/{{run}}.tsv"
-    threads: 8
-    retries: config["retries"]
+    threads: threads_of("train_detector", 8)
     resources:
         **resources_of("train_detector"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train-detector --params {params.run:q} {SPLITS}"
+        "OMP_NUM_THREADS={threads} exec {params.launcher} train-detector --params {params.run:q} --seen {params.seen:q} --unseen {params.unseen:q}"
         " --train-json {input.train} --image-root {params.image_root} --out-dir {params.out_dir}"
-        " --device {config[device]} > {log} 2>&1"
+        " --device {params.device} > {log} 2>&1"
 
 
 rule predict:
@@ -45,18 +44,21 @@ rule predict:
     wildcard_constraints:
         tower="|_a|_b",
     params:
+        device=config["device"],
         section=section("predict"),
         code=code_hash("oln/detector", "oln/data/coco.py"),
         image_root=DATA["val_images"],
         tower=lambda wildcards: f"--tower {wildcards.tower[1:]}" if wildcards.tower else "",
+    conda:
+        "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/predict/{{run}}{{tower}}.log",
     benchmark:
         f"{OUT}/benchmarks/predict/{{run}}{{tower}}.tsv"
-    threads: 8
+    threads: threads_of("predict", 8)
     resources:
         **resources_of("predict"),
     shell:
-        "OMP_NUM_THREADS={threads} oln predict --params {params.section:q} {params.tower}"
+        "OMP_NUM_THREADS={threads} exec oln predict --params {params.section:q} {params.tower}"
         " --model {input.model} --images-json {input.images} --image-root {params.image_root}"
-        " --out {output} --device {config[device]} > {log} 2>&1"
+        " --out {output} --device {params.device} > {log} 2>&1"

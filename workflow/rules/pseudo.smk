@@ -7,12 +7,14 @@ rule index_folder:
         f"{OUT}/data/sources/{{source}}.json",
     params:
         folder=lambda wildcards: SOURCES[wildcards.source]["folder"],
+    conda:
+        "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/index_folder/{{source}}.log",
     resources:
         **resources_of("index_folder"),
     shell:
-        "oln index-folder --folder {params.folder:q} --out {output} > {log} 2>&1"
+        "exec oln index-folder --folder {params.folder:q} --out {output} > {log} 2>&1"
 
 
 rule extract_pseudo:
@@ -22,23 +24,27 @@ rule extract_pseudo:
     output:
         f"{OUT}/pseudo/{{source}}/shard-{{shard}}-of-{{num_shards}}.json",
     params:
+        seen=json.dumps(DATASET["seen"]),
+        unseen=json.dumps(DATASET["unseen"]),
+        device=config["device"],
         section=section("extract"),
         dataset=section("dataset"),
         code=code_hash("oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
         image_root=lambda wildcards: SOURCES[wildcards.source]["images"],
+    conda:
+        "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/extract_pseudo/{{source}}-{{shard}}-of-{{num_shards}}.log",
     benchmark:
         f"{OUT}/benchmarks/extract_pseudo/{{source}}-{{shard}}-of-{{num_shards}}.tsv"
-    threads: 8
-    retries: config["retries"]
+    threads: threads_of("extract_pseudo", 8)
     resources:
         **resources_of("extract_pseudo"),
     shell:
-        "OMP_NUM_THREADS=1 oln extract --params {params.section:q} {SPLITS}"
+        "OMP_NUM_THREADS=1 exec oln extract --params {params.section:q} --seen {params.seen:q} --unseen {params.unseen:q}"
         " --model {input.model} --images-json {input.images} --image-root {params.image_root:q}"
         " --source {wildcards.source} --shard {wildcards.shard} --num-shards {wildcards.num_shards}"
-        " --workers {threads} --out {output} --device {config[device]} > {log} 2>&1"
+        " --workers {threads} --out {output} --device {params.device} > {log} 2>&1"
 
 
 rule merge_pseudo:
@@ -51,10 +57,14 @@ rule merge_pseudo:
         gallery=report(f"{OUT}/pseudo/gallery.png", caption="../report/pseudo_gallery.rst",
                        category="Pseudo ground truth"),
     params:
+        seen=json.dumps(DATASET["seen"]),
+        unseen=json.dumps(DATASET["unseen"]),
         section=section("merge"),
         dataset=section("dataset"),
         code=code_hash("oln/pseudo/merge.py"),
         image_root=DATA["train_images"],
+    conda:
+        "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/merge_pseudo.log",
     benchmark:
@@ -62,7 +72,7 @@ rule merge_pseudo:
     resources:
         **resources_of("merge_pseudo"),
     shell:
-        "oln merge --params {params.section:q} {SPLITS} --gt-json {input.gt} --image-root {params.image_root}"
+        "exec oln merge --params {params.section:q} --seen {params.seen:q} --unseen {params.unseen:q} --gt-json {input.gt} --image-root {params.image_root}"
         " --shards {input.shards} --out-json {output.train} --stats {output.stats}"
         " --gallery {output.gallery} > {log} 2>&1"
 
@@ -75,19 +85,24 @@ rule pa_proposals:
     output:
         f"{OUT}/pseudo/val_proposals.json",
     params:
+        seen=json.dumps(DATASET["seen"]),
+        unseen=json.dumps(DATASET["unseen"]),
+        device=config["device"],
         section=section("extract"),
         dataset=section("dataset"),
         code=code_hash("oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
         image_root=DATA["val_images"],
+    conda:
+        "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/pa_proposals.log",
     benchmark:
         f"{OUT}/benchmarks/pa_proposals.tsv"
-    threads: 8
+    threads: threads_of("pa_proposals", 8)
     resources:
         **resources_of("pa_proposals"),
     shell:
-        "OMP_NUM_THREADS=1 oln extract --params {params.section:q} {SPLITS} --proposals"
+        "OMP_NUM_THREADS=1 exec oln extract --params {params.section:q} --seen {params.seen:q} --unseen {params.unseen:q} --proposals"
         " --model {input.model} --images-json {input.images} --image-root {params.image_root}"
         " --source val --shard 0 --num-shards 1 --workers {threads} --out {output}"
-        " --device {config[device]} > {log} 2>&1"
+        " --device {params.device} > {log} 2>&1"

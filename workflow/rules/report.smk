@@ -19,15 +19,19 @@ rule report:
         comparison=report(f"{OUT}/plots/baseline_vs_ggn.png", caption="../report/comparison.rst",
                           category="Summary"),
     params:
+        seen=json.dumps(DATASET["seen"]),
+        unseen=json.dumps(DATASET["unseen"]),
         section=section("report"),
         dataset=section("dataset"),
         code=code_hash("oln/plots.py", "oln/report.py"),
-        exp_dir=OUT,
+        exp_dir=lambda wildcards, output: str(Path(output.csv).parent),
         image_root=DATA["val_images"],
+    conda:
+        "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/report.log",
     resources:
         **resources_of("report"),
     shell:
-        "oln report --params {params.section:q} {SPLITS} --exp-dir {params.exp_dir}"
+        "exec oln report --params {params.section:q} --seen {params.seen:q} --unseen {params.unseen:q} --exp-dir {params.exp_dir}"
         " --val-json {input.val} --image-root {params.image_root} > {log} 2>&1"
