@@ -152,3 +152,17 @@ def test_images_json_from_folder(tmp_path):
 def test_box_only_annotation_becomes_box_mask():
     mask = annotation_to_mask({"bbox": [2, 1, 3, 2]}, 5, 6)
     assert mask.sum() == 6 and mask[1:3, 2:5].all()
+
+
+def test_atomic_writes_leave_no_temp_files_and_readable_modes(tmp_path):
+    import os
+
+    from oln.io import write_text
+
+    write_text(tmp_path / "a" / "x.txt", "hello")
+    assert (tmp_path / "a" / "x.txt").read_text() == "hello"
+    assert os.listdir(tmp_path / "a") == ["x.txt"]
+    mode = (tmp_path / "a" / "x.txt").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

@@ -41,4 +41,5 @@ def evaluate(args: argparse.Namespace) -> dict:
                                                  seen_removal=options.seen_removal)["AR@100"]}
             for iou_type in results}
         write_json(args.out, results, indent=2)
-    return {t: {k: v for k, v in r.items() if k.startswith("AR@") or k == "AUC"} for t, r in results.items()}
+    return {t: {k: v for k, v in r.items() if k.startswith("AR@") or k == "AUC"}
+            for t, r in results.items() if t != "seen_reference"}

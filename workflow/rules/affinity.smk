@@ -46,7 +46,7 @@ rule eval_pa:
         device=config["device"],
         section=section("pa_eval"),
         dataset=section("dataset"),
-        code=code_hash("oln/affinity", "oln/data/coco.py"),
+        code=code_hash("oln/backbones.py", "oln/affinity", "oln/data/coco.py"),
         image_root=DATA["val_images"],
     conda:
         "../../envs/oln.yaml"

@@ -36,6 +36,8 @@ rule summarize_data:
         "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/summarize_data.log",
+    benchmark:
+        f"{OUT}/benchmarks/summarize_data.tsv"
     resources:
         **resources_of("summarize_data"),
     shell:

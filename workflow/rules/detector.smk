@@ -46,7 +46,7 @@ rule predict:
     params:
         device=config["device"],
         section=section("predict"),
-        code=code_hash("oln/detector", "oln/data/coco.py"),
+        code=code_hash("oln/backbones.py", "oln/detector", "oln/data/coco.py"),
         image_root=DATA["val_images"],
         tower=lambda wildcards: f"--tower {wildcards.tower[1:]}" if wildcards.tower else "",
     conda:

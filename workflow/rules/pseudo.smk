@@ -29,7 +29,7 @@ rule extract_pseudo:
         device=config["device"],
         section=section("extract"),
         dataset=section("dataset"),
-        code=code_hash("oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
+        code=code_hash("oln/backbones.py", "oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
         image_root=lambda wildcards: SOURCES[wildcards.source]["images"],
     conda:
         "../../envs/oln.yaml"
@@ -90,7 +90,7 @@ rule pa_proposals:
         device=config["device"],
         section=section("extract"),
         dataset=section("dataset"),
-        code=code_hash("oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
+        code=code_hash("oln/backbones.py", "oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
         image_root=DATA["val_images"],
     conda:
         "../../envs/oln.yaml"

@@ -30,6 +30,8 @@ rule report:
         "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/report.log",
+    benchmark:
+        f"{OUT}/benchmarks/report.tsv"
     resources:
         **resources_of("report"),
     shell:
