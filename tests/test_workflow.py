@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow
 
 
 def copy_workflow(dest: Path) -> Path:
-    """The files Snakemake needs (Snakefile, workflow/, config/, oln/) copied to `dest`."""
-    for name in ("Snakefile", "workflow", "config", "oln"):
+    """The files Snakemake needs (Snakefile, workflow/, config/, envs/, oln/) copied to `dest`."""
+    for name in ("Snakefile", "workflow", "config", "envs", "oln"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
@@ -80,7 +80,10 @@ def test_evaluation_jsons_follow_the_contract(tiny):
         for iou_type in iou_types:
             metrics = evaluation[iou_type]
             assert keys <= set(metrics), (name, keys - set(metrics))
-            assert all(0.0 <= metrics[k] <= 1.0 for k in keys if k.startswith("AR") or k == "AUC")
+            # AR_s/m/l are None when no GT falls in that COCO area range (64-px images: no large objects)
+            values = [metrics[k] for k in keys if k.startswith("AR") or k == "AUC"]
+            assert all(v is None or 0.0 <= v <= 1.0 for v in values)
+            assert metrics["AR@100"] is not None and metrics["AUC"] is not None
             assert metrics["num_images"] == 6
             assert metrics["seen_category_ids"] == list(range(1, 7))
 
@@ -155,7 +158,7 @@ SHARDS = 4
                                  **{k: v + (1 if k == "evaluate" else 0) for k, v in PSEUDO_DOWNSTREAM.items()},
                                  "report": 1}),
         ({"pa_eval.grid_images": 1}, {"eval_pa": 1, "report": 1}),
-        ({"pa_train.train.lr": 0.002}, {"train_pa": 1, "eval_pa": 1, "extract_pseudo": SHARDS, "merge_pseudo": 1,
+        ({"pa_train.train.lr": 0.0031}, {"train_pa": 1, "eval_pa": 1, "extract_pseudo": SHARDS, "merge_pseudo": 1,
                                         "pa_proposals": 1, "train_detector": 3, "predict": 5, "evaluate": 6,
                                         "report": 1}),
     ],
