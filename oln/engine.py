@@ -22,7 +22,6 @@ import random
 import resource
 import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -37,10 +36,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from oln.io import append_jsonl, read_jsonl, save_torch, write_text
+from oln.preemption import EXIT_CODES, StopFlag
+from oln.progress import Progress
 
 LossFn = Callable[[nn.Module, Any, torch.device], dict]
 CHECKPOINT_NAME = "last.pt"
-EXIT_CODES = {signal.SIGTERM: 143, signal.SIGUSR1: 128 + signal.SIGUSR1}
 
 
 @dataclass
@@ -204,63 +204,6 @@ def _max_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-class _StopFlag:
-    """Records SIGTERM/SIGUSR1 so the loop can checkpoint and exit between steps."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.previous: dict = {}
-
-    def install(self) -> None:
-        if threading_is_main():
-            for signum in EXIT_CODES:
-                self.previous[signum] = signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        self.previous = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-
-def threading_is_main() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-class _Progress:
-    """A carriage-return progress line on stderr (plain lines when not a terminal)."""
-
-    def __init__(self, desc: str, total: int, start: int, enabled: bool):
-        self.desc, self.total, self.start, self.enabled = desc, total, start, enabled
-        self.t0 = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-        self.every = max(1, total // 20)
-        self.last_print = 0.0
-
-    def update(self, done: int, text: str) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        rate = (done - self.start) / max(now - self.t0, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        line = f"{self.desc} {done}/{self.total} {text} {rate:.2f} it/s eta {eta:.0f}s"
-        if self.tty:
-            if now - self.last_print > 0.2 or done == self.total:
-                sys.stderr.write("\r" + line[:150].ljust(150))
-                sys.stderr.flush()
-                self.last_print = now
-        elif done % self.every == 0 or done == self.total:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def _dist_setup(device_name: str) -> tuple[int, int, torch.device, bool]:
     """(rank, world_size, device, created_group). Starts a process group under torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -377,9 +320,9 @@ def train(
                                     len(dataset), rank, world_size)
     loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, collate_fn=collate_fn,
                         num_workers=options.num_workers, pin_memory=device.type == "cuda")
-    stop = _StopFlag()
+    stop = StopFlag()
     stop.install()
-    progress = _Progress(desc, options.iterations, start_iter, enabled=rank == 0)
+    progress = Progress(desc, options.iterations, start_iter, enabled=rank == 0)
     window: dict[str, list[float]] = {}
     train_model.train()
     try:

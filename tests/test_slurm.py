@@ -9,6 +9,7 @@ interval).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -192,3 +193,19 @@ def test_tiny_workflow_through_slurm(slurm_cluster, tmp_path):
     slurm_logs = workdir / ".snakemake/slurm_logs"
     for rule in ("train_pa", "extract_pseudo", "train_detector", "evaluate"):
         assert list((slurm_logs / f"rule_{rule}").rglob("*.log")), f"no Slurm log of rule {rule}"
+
+
+@pytest.mark.slow
+def test_tiny_config_baseline_branch_through_slurm(slurm_cluster, tmp_path):
+    """The tiny config's data -> baseline detector -> predict -> evaluate branch, every job a Slurm job."""
+    workdir = copy_repository(tmp_path)
+    targets = ["results/tiny/eval/baseline.json", "results/tiny/data/preview.png"]
+    done = run_snakemake(workdir, *targets, "--cores", "all", "--configfile", "config/tiny.yaml",
+                         "--default-resources", "mem_mb=1000", "runtime=60", timeout=900)
+    assert done.returncode == 0, done.stdout[-6000:]
+    evaluation = json.loads((workdir / targets[0]).read_text())
+    assert {"bbox", "segm"} <= set(evaluation) and 0.0 <= evaluation["segm"]["AR@100"] <= 1.0
+    assert (workdir / targets[1]).stat().st_size > 0
+    slurm_logs = list((workdir / ".snakemake/slurm_logs").rglob("*.log"))
+    rules = {p.relative_to(workdir / ".snakemake/slurm_logs").parts[0] for p in slurm_logs}
+    assert {"rule_synthesize", "rule_train_detector", "rule_predict", "rule_evaluate"} <= rules, rules

@@ -11,6 +11,8 @@ rule index_folder:
         "../../envs/oln.yaml"
     log:
         f"{OUT}/logs/index_folder/{{source}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/index_folder/{{source}}.tsv"
     resources:
         **resources_of("index_folder"),
     shell:
