@@ -18,7 +18,7 @@ from oln.affinity.model import IMAGENET_MEAN, IMAGENET_STD, PAModelOptions, buil
 from oln.affinity.targets import affinity_targets, instance_label_map, num_affinity_channels
 from oln.data.transforms import build_transforms
 from oln.engine import TrainOptions, train
-from oln.io import read_jsonl
+from oln.plots import plot_curve
 
 PAD_MULTIPLE = 32
 EPS = 1e-5
@@ -169,39 +169,10 @@ def train_pa(
                   desc="train_pa")
     if _is_rank_zero():
         save_pa_model(out_dir / "model.pt", model, model_meta(options))
-        plot_training_curve(out_dir / "log.jsonl", out_dir / "curve.png", title="pairwise affinity")
+        plot_curve(out_dir / "log.jsonl", out_dir / "curve.png", title="pairwise affinity")
     return out_dir / "model.pt"
 
 
 def _is_rank_zero() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
         torch.distributed.get_rank() == 0
-
-
-def plot_training_curve(log_path: str | Path, png_path: str | Path, title: str = "") -> None:
-    """Loss terms and learning rate against iteration from an engine log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from oln.io import atomic_path
-
-    records = read_jsonl(log_path)
-    iters = [r["iter"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    loss_keys = [k for k in (records[0] if records else {}) if k.startswith("loss")]
-    for key in loss_keys:
-        ax.plot(iters, [r.get(key, float("nan")) for r in records], label=key)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    if loss_keys:
-        ax.legend(loc="upper left")
-    ax_lr = ax.twinx()
-    ax_lr.plot(iters, [r.get("lr", float("nan")) for r in records], color="gray", linestyle="--")
-    ax_lr.set_ylabel("lr (dashed)")
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)

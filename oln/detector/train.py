@@ -28,7 +28,8 @@ from oln import engine
 from oln.data.coco import CocoInstances, collate_list
 from oln.data.transforms import build_transforms, select_instances
 from oln.detector.model import DetectorOptions, build_detector
-from oln.io import atomic_path, read_json, read_jsonl, save_torch
+from oln.io import read_json, save_torch
+from oln.plots import plot_curve
 
 
 @dataclass
@@ -192,35 +193,6 @@ def train_detector(
         save_torch(model_path, {"state_dict": state, "options": options.detector.to_dict(), "meta": meta})
         log_path = out_dir / "log.jsonl"
         if log_path.exists():
-            plot_loss_curve(
-                read_jsonl(log_path),
-                out_dir / "curve.png",
-                title=f"{options.detector.arch} ({'GT + pseudo' if use_pseudo else 'GT'})",
-            )
+            plot_curve(log_path, out_dir / "curve.png",
+                       title=f"{options.detector.arch} ({'GT + pseudo' if use_pseudo else 'GT'})")
     return model_path
-
-
-def plot_loss_curve(records: list[dict], out_png: str | os.PathLike, title: str = "") -> None:
-    """Plot every `loss*` term of the training log against iteration (log y axis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted({k for r in records for k in r if k.startswith("loss") and isinstance(r[k], (int, float))})
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key in keys:
-        points = [(r["iter"], r[key]) for r in records if key in r and "iter" in r and r[key] > 0]
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, label=key, linewidth=2.0 if key == "loss" else 1.0)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    if keys:
-        ax.set_yscale("log")
-        ax.legend(fontsize=7, ncol=2)
-    ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
