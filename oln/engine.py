@@ -96,10 +96,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+MODEL_INIT_STREAM = -2  # mix_seed stream of the initial weights (-1: RNG before the first step)
+
+
 def mix_seed(*values: int) -> int:
     """A well-mixed 63-bit seed from integers (pure function of its arguments)."""
     words = [int(v) & 0xFFFFFFFF for v in values]
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) >> 1
+
+
+def seed_model_init(seed: int) -> None:
+    """Seed the torch RNG that layer constructors draw initial weights from.
+
+    Call right before building a model: without it every process starts from other
+    weights and two runs with the same `seed` differ. Same value on every rank.
+    """
+    torch.manual_seed(mix_seed(seed, MODEL_INIT_STREAM))
 
 
 def sample_indices(seed: int, iteration: int, global_batch: int, dataset_size: int) -> list[int]:

@@ -246,6 +246,24 @@ def test_train_then_predict_writes_coco_results(tiny_coco, tmp_path):
     assert len(gt.loadRes(str(out_json)).getAnnIds()) == len(results)
 
 
+def test_training_is_bit_exact_for_a_seed(tiny_coco, tmp_path):
+    """Same seed -> identical weights (initial weights included); another seed -> different."""
+
+    def weights(seed: int, name: str) -> dict:
+        torch.manual_seed(1000 + len(name))  # the global RNG state before training must not matter
+        options = DetectorTrainOptions(
+            detector=tiny_options("mask_rcnn"),
+            train=TrainOptions(iterations=2, batch_size=2, lr=0.001, warmup_iters=0, amp=False, device="cpu",
+                               checkpoint_every=100, seed=seed),
+        )
+        path = train_detector(tiny_coco / "train.json", tiny_coco, [1], True, options, tmp_path / name)
+        return torch.load(path, weights_only=False)["state_dict"]
+
+    first, second, other = weights(0, "a"), weights(0, "bb"), weights(1, "c")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 def test_predict_two_tower_tower_option(tiny_coco, tmp_path):
     options = tiny_options("two_tower")
     model = build_detector(options)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from oln.affinity.model import IMAGENET_MEAN, IMAGENET_STD, PAModelOptions, build_pa_model, save_pa_model
 from oln.affinity.targets import affinity_targets, instance_label_map, num_affinity_channels
 from oln.data.transforms import build_transforms
-from oln.engine import TrainOptions, train
+from oln.engine import TrainOptions, seed_model_init, train
 from oln.plots import plot_curve
 
 PAD_MULTIPLE = 32
@@ -164,6 +164,7 @@ def train_pa(
     dataset = CocoInstances(train_json, image_root, category_ids=list(seen_category_ids),
                             transform=transform, include_pseudo=False)
     out_channels = num_affinity_channels(options.target.neighbor_distances, options.target.reduction)
+    seed_model_init(options.train.seed)
     model = build_pa_model(options.model, out_channels)
     model = train(model, dataset, collate_list, make_loss_fn(options.target), options.train, out_dir,
                   desc="train_pa")

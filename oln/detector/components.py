@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+from oln.detector.paste import paste_binary_masks
 
 # Per-instance entries of a target dict, filtered together.
 INSTANCE_KEYS = ("boxes", "masks", "labels", "category_ids", "iscrowd", "pseudo", "area", "scores")
@@ -69,30 +70,6 @@ def annotated_only(target: dict) -> dict:
     if "pseudo" not in target:
         return target
     return select_instances(target, target["pseudo"] == 0)
-
-
-def paste_binary_masks(
-    masks: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float, chunk: int = 64
-) -> Tensor:
-    """Paste (N, 1, M, M) mask probabilities into the image and threshold them.
-
-    Args:
-        masks: ROI mask probabilities.
-        boxes: (N, 4) xyxy boxes in the output image's coordinates.
-        image_size: (H, W) of the output image.
-        threshold: probability at or above which a pixel is foreground.
-        chunk: masks pasted at once (bounds float memory).
-    Returns:
-        bool (N, 1, H, W).
-    """
-    h, w = int(image_size[0]), int(image_size[1])
-    out = torch.zeros((len(masks), 1, h, w), dtype=torch.bool, device=masks.device)
-    for start in range(0, len(masks), chunk):
-        pasted = paste_masks_in_image(
-            masks[start : start + chunk].float(), boxes[start : start + chunk], (h, w)
-        )
-        out[start : start + chunk] = pasted >= threshold
-    return out
 
 
 class PastingTransform(GeneralizedRCNNTransform):

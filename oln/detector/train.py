@@ -163,6 +163,7 @@ def train_detector(
     dataset = build_train_dataset(
         train_json, image_root, category_ids, use_pseudo, options.flip, options.crop_size
     )
+    engine.seed_model_init(options.train.seed)
     model = build_detector(options.detector)
     started = time.time()
     model = engine.train(
