@@ -10,7 +10,9 @@ Determinism: the samples of iteration i are a pure function of (seed, i) (a seed
 permutation per epoch of the index stream), each sample's augmentation is seeded from
 (seed, i, position in the global batch), and the torch RNG is reseeded from
 (seed, i, rank) before each step. A run resumed from a checkpoint therefore sees the
-same batches and the same dropout as an uninterrupted one.
+same batches and the same dropout as an uninterrupted one. Trainers call
+`seed_model_init(seed)` right before building their model, so the initial weights
+are a function of the seed too and two runs of a stage give the same weights.
 """
 
 from __future__ import annotations
