@@ -8,7 +8,7 @@ rule synthesize:
         unlabeled=f"{OUT}/data/unlabeled.json",
     params:
         section=section("synthetic"),
-        code=code_hash("oln/data/synthetic.py", "oln/data/shapes.py", "oln/io.py"),
+        code=code_hash("oln/data/synthetic.py", "oln/data/painting.py", "oln/data/shapes.py", "oln/io.py"),
         out_dir=lambda wildcards, output: str(Path(output.train).parent),
     conda:
         "../../envs/oln.yaml"
