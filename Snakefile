@@ -2,7 +2,11 @@
 # Every rule calls one `oln` subcommand; the science lives in the `oln` package.
 # Usage: snakemake --cores all [--configfile config/coco_voc_to_nonvoc.yaml] [--profile slurm]
 
-configfile: "config/config.yaml"
+# The embedded default applies only when no --configfile is given: a user's config file is
+# layered over the schema defaults (GGN's and OLN's recipe), never over the demo's settings.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -53,8 +53,8 @@ def _with_defaults(validator_class: type) -> type:
 _DefaultingValidator = _with_defaults(jsonschema.Draft7Validator)
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
-    key = ".".join(str(p) for p in error.absolute_path) or "<config>"
+def _describe(error: jsonschema.ValidationError, prefix: str = "") -> str:
+    key = ".".join([prefix] * bool(prefix) + [str(p) for p in error.absolute_path]) or "<config>"
     value = error.instance
     match error.validator:
         case "minimum":
@@ -83,10 +83,79 @@ def validate_config(config: Mapping[str, Any]) -> dict:
         ConfigError: naming every invalid key (one per line).
     """
     filled = copy.deepcopy(dict(config))
-    errors = sorted(_DefaultingValidator(load_schema()).iter_errors(filled), key=lambda e: list(e.absolute_path))
-    if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
+    schema = load_schema()
+    errors = sorted(_DefaultingValidator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path))
+    messages = [_describe(e) for e in errors]
+    if not errors:
+        messages = _run_errors(filled, schema) + _schedule_errors(filled.get("pa_train", {}).get("train"), "pa_train")
+    if messages:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
     return filled
+
+
+def run_schema(schema: Mapping[str, Any]) -> dict:
+    """Schema of one detector run merged over `detector.defaults` (every key checked, `grouping_run` too)."""
+    detector = schema["properties"]["detector"]["properties"]
+    merged = copy.deepcopy(detector["defaults"])
+    for name, sub in detector["runs"]["additionalProperties"]["properties"].items():
+        merged["properties"].setdefault(name, copy.deepcopy(sub))
+    return merged
+
+
+def _run_errors(filled: dict, schema: Mapping[str, Any]) -> list[str]:
+    """Every detector run validated in full, as it will be trained (defaults + run)."""
+    validator = jsonschema.Draft7Validator(run_schema(schema))
+    detector = filled.get("detector", {})
+    messages = []
+    for name, run in detector.get("runs", {}).items():
+        merged = deep_merge(detector.get("defaults", {}), run)
+        prefix = f"detector.runs.{name}"
+        messages += [_describe(e, prefix) for e in sorted(validator.iter_errors(merged), key=lambda e: list(e.path))]
+        messages += _schedule_errors(merged.get("train"), prefix)
+    return messages
+
+
+def _schedule_errors(train: Mapping[str, Any] | None, section: str) -> list[str]:
+    """A training needs `iterations` > 0 or `epochs` > 0."""
+    if train and train.get("iterations", 1) == 0 and not train.get("epochs"):
+        return [f"{section}.train: iterations is 0 and epochs is 0 (give the schedule in one of them)"]
+    return []
+
+
+def coerce_strings(values: Any, schema: Mapping[str, Any]) -> Any:
+    """`values` with strings turned into what the schema asks for (numbers, booleans, lists, mappings).
+
+    Snakemake passes nested `--config key=value` values as strings; this reads each such string
+    as YAML where the schema does not allow a string there, so `--config 'pa_train={train:
+    {iterations: 5}}'` means iterations 5. Values of other types are returned unchanged.
+    """
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    if isinstance(values, str) and kinds and "string" not in kinds and "enum" not in schema:
+        try:
+            parsed = yaml.safe_load(values)
+        except yaml.YAMLError:
+            return values
+        return coerce_strings(parsed, schema) if not isinstance(parsed, str) else values
+    if isinstance(values, list) and isinstance(schema.get("items"), Mapping):
+        return [coerce_strings(v, schema["items"]) for v in values]
+    if isinstance(values, Mapping):
+        return {key: coerce_strings(value, _child_schema(schema, key)) for key, value in values.items()}
+    return values
+
+
+def coerce_config_strings(values: Mapping[str, Any]) -> dict:
+    """`coerce_strings` against the config schema, detector runs checked as full runs."""
+    schema = load_schema()
+    schema["properties"]["detector"]["properties"]["runs"]["additionalProperties"] = run_schema(schema)
+    return coerce_strings(dict(values), schema)
+
+
+def _child_schema(schema: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    if key in schema.get("properties", {}):
+        return schema["properties"][key]
+    extra = schema.get("additionalProperties")
+    return extra if isinstance(extra, Mapping) else {}
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:

@@ -6,6 +6,11 @@ exactly by iteration, SGD/AdamW with linear warmup and step/cosine/constant deca
 gradient clipping, skipping non-finite steps, checkpoints with auto-resume,
 SIGTERM/SIGUSR1 handling, a JSONL log and a progress line on rank 0.
 
+The JSONL log is kept inside every checkpoint too (the records up to its iteration)
+and rewritten from it on resume, so a run killed with -9, whose `log.jsonl` the
+workflow manager then deletes, still ends with every record from iteration 1.
+Messages go through `logging` (logger `oln.engine`; progress: `oln.progress`).
+
 Determinism: the samples of iteration i are a pure function of (seed, i) (a seeded
 permutation per epoch of the index stream), each sample's augmentation is seeded from
 (seed, i, position in the global batch), and the torch RNG is reseeded from
@@ -18,14 +23,13 @@ are a function of the seed too and two runs of a stage give the same weights.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
 import resource
 import signal
-import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,10 +41,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from oln.io import append_jsonl, read_jsonl, save_torch, write_text
+from oln.io import append_jsonl, read_jsonl, remove_stale_temp_files, save_torch, write_text
 from oln.preemption import EXIT_CODES, StopFlag
 from oln.progress import Progress
 
+log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, Any, torch.device], dict]
 CHECKPOINT_NAME = "last.pt"
 
@@ -50,7 +55,10 @@ class TrainOptions:
     """Training loop options.
 
     Attributes:
-        iterations: optimiser steps in total.
+        iterations: optimiser steps in total (0 = from `epochs`, see `oln.schedule`).
+        epochs: passes over the training images when `iterations` is 0 (GGN and OLN count
+            their schedules in epochs of the filtered training set).
+        lr_step_epochs: with `epochs`, the epochs after which lr *= gamma (become `lr_steps`).
         batch_size: images per process (per GPU under DDP).
         num_workers: DataLoader worker processes (0 = load in the main process).
         optimizer: sgd | adamw.
@@ -67,6 +75,8 @@ class TrainOptions:
     """
 
     iterations: int = 1000
+    epochs: float = 0.0
+    lr_step_epochs: list[float] = field(default_factory=list)
     batch_size: int = 8
     num_workers: int = 0
     optimizer: str = "sgd"
@@ -242,12 +252,35 @@ def _all_reduce_max(value: float, device: torch.device, world_size: int) -> floa
     return float(t.item())
 
 
-def _truncate_log(log_path: Path, iteration: int) -> None:
-    """Drop log records written after the checkpoint we resume from."""
-    if not log_path.exists():
-        return
-    records = [r for r in read_jsonl(log_path) if r.get("iter", 0) <= iteration]
+def _load_checkpoint(ckpt_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any) -> tuple[int, int, list[dict] | None]:
+    """Restore model, optimiser, schedule and RNGs from `ckpt_path` if it exists.
+
+    Returns:
+        (iteration, skipped steps, the checkpoint's log records or None); (0, 0, None) without one.
+    """
+    if not ckpt_path.exists():
+        return 0, 0, None
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    _set_rng_states(ckpt["rng"])
+    return int(ckpt["iteration"]), int(ckpt.get("skipped_steps", 0)), ckpt.get("log")
+
+
+def _restore_log(log_path: Path, records: list[dict] | None, iteration: int) -> list[dict]:
+    """Rewrite `log_path` with the records up to `iteration` and return them.
+
+    `records` are the checkpoint's (so a log deleted after a kill comes back); None
+    (no checkpoint, or one of an older version) keeps what `log_path` holds. Records a
+    killed run wrote after its last checkpoint are dropped: the resumed run redoes them.
+    """
+    if records is None:
+        records = read_jsonl(log_path) if log_path.exists() else []
+    records = [r for r in records if r.get("iter", 0) <= iteration]
     write_text(log_path, "".join(_json_line(r) for r in records))
+    return records
 
 
 def _json_line(record: dict) -> str:
@@ -294,18 +327,13 @@ def train(
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, options)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, options))
-    start_iter, skipped = 0, 0
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_states(ckpt["rng"])
-        start_iter, skipped = int(ckpt["iteration"]), int(ckpt.get("skipped_steps", 0))
-        if rank == 0:
-            print(f"{desc}: resuming from {ckpt_path} at iteration {start_iter}", file=sys.stderr)
-    if rank == 0:
-        _truncate_log(log_path, start_iter)  # records of a killed run after its last checkpoint
+    if rank == 0:  # leftovers of a write interrupted by a kill (checkpoints can be large)
+        remove_stale_temp_files(out_dir)
+        remove_stale_temp_files(ckpt_path.parent)
+    start_iter, skipped, saved_log = _load_checkpoint(ckpt_path, model, optimizer, scheduler)
+    if rank == 0 and ckpt_path.exists():
+        log.info("%s: resuming from %s at iteration %d", desc, ckpt_path, start_iter)
+    history = _restore_log(log_path, saved_log, start_iter) if rank == 0 else []
 
     train_model: nn.Module = model
     if world_size > 1:
@@ -328,6 +356,7 @@ def train(
             "iteration": iteration,
             "skipped_steps": skipped,
             "options": asdict(options),
+            "log": history,  # the JSONL records up to `iteration`, restored on resume
         })
 
     sampler = IterationBatchSampler(options.seed, start_iter, options.iterations, options.batch_size,
@@ -362,7 +391,7 @@ def train(
                 optimizer.step()
             else:
                 skipped += 1
-                warnings.warn(f"{desc}: non-finite loss at iteration {it}; step skipped", stacklevel=2)
+                log.warning("%s: non-finite loss at iteration %d; step skipped", desc, it + 1)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             done = it + 1
@@ -378,6 +407,7 @@ def train(
                 record = {"iter": done, **{k: float(np.mean(v)) for k, v in window.items()}, "lr": lr,
                           "max_mem_mb": _max_mem_mb(device), "skipped_steps": skipped}
                 append_jsonl(log_path, record)
+                history.append(record)
                 window = {}
             progress.update(done, f"loss {values['loss']:.4f} lr {lr:.2e}")
             stop_now = _all_reduce_max(float(stop.signum or 0), device, world_size)
@@ -385,8 +415,7 @@ def train(
                 save_checkpoint(done)
             if stop_now:
                 signum = signal.Signals(int(stop_now))
-                print(f"\n{desc}: received {signum.name}; checkpoint at iteration {done} written",
-                      file=sys.stderr)
+                log.warning("%s: received %s; checkpoint at iteration %d written", desc, signum.name, done)
                 raise SystemExit(EXIT_CODES.get(signum, 1))
         progress.close()
         return raw_model.eval()

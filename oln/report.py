@@ -37,7 +37,7 @@ class ReportOptions:
 
 def summary_row(name: str, evaluation: dict) -> dict:
     """One summary-table row (values in %) of an evaluation json."""
-    row: dict = {"run": name}
+    row: dict = {"run": name, "protocol": evaluation_protocol(evaluation)}
     for iou_type, label in (("bbox", "box"), ("segm", "mask")):
         metrics = evaluation.get(iou_type)
         for k in SUMMARY_KS:
@@ -48,6 +48,22 @@ def summary_row(name: str, evaluation: dict) -> dict:
         reference = evaluation.get("seen_reference", {}).get(iou_type)
         row[f"{label} AR@100 seen"] = _pct(reference, "AR@100")
     return row
+
+
+PROTOCOL_TEXT = {
+    "class_agnostic": "all categories evaluated, class-agnostic (COCOeval useCats=0)",
+    "cross_category_seen_removed_oln": "OLN's published protocol: detections matching a seen object at IoU 0.5 "
+                                       "are removed in one pass and do not use up the budget k",
+    "cross_category_seen_removed": "seen detections removed, the rest re-matched (`evaluate.seen_removal: "
+                                   "rematch`, not the published protocol)",
+}
+
+
+def evaluation_protocol(evaluation: dict) -> str:
+    """The protocol an evaluation json was computed with (one name for all its iou types)."""
+    names = {metrics["protocol"] for key, metrics in evaluation.items()
+             if key in ("bbox", "segm") and isinstance(metrics, dict) and "protocol" in metrics}
+    return "/".join(sorted(names)) or "unknown"
 
 
 def _pct(metrics: dict | None, key: str) -> float:
@@ -76,6 +92,9 @@ def write_summary(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str
     """summary.csv (every column) and summary.md (mask and box tables)."""
     write_text(csv_path, table.to_csv(index=False))
     parts = [f"# {title}", "", "Average recall (%) on unseen categories; `seen` = AR@100 on seen categories.", ""]
+    for protocol in dict.fromkeys(table["protocol"]) if "protocol" in table else ():
+        runs = ", ".join(table.loc[table["protocol"] == protocol, "run"])
+        parts += [f"Protocol `{protocol}` ({PROTOCOL_TEXT.get(protocol, 'see eval/<run>.json')}): {runs}.", ""]
     for label in ("mask", "box"):
         columns = ["run"] + [c for c in table.columns if c.startswith(f"{label} ")]
         if table[columns[1:]].notna().any().any():

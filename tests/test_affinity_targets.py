@@ -183,8 +183,19 @@ def test_pretrained_path_is_loaded(tmp_path):
     torch.nn.init.constant_(net.conv1.weight, 0.5)
     path = tmp_path / "r18.pth"
     torch.save(net.state_dict(), path)
-    model = build_pa_model(PAModelOptions(pretrained_path=str(path), head_channels=16), 1)
+    options = PAModelOptions(backbone="resnet18", pretrained_path=str(path), head_channels=16, ppm_channels=0)
+    model = build_pa_model(options, 1)
     assert torch.all(model.backbone.stem[0].weight == 0.5)
+
+
+def test_default_head_has_ggn_widths():
+    """GGN's UPerNet: 512 channels per pyramid-pooling branch, 256 in the FPN and the fusion."""
+    head = build_pa_model(PAModelOptions(), 1).head
+    assert [branch[1][0].out_channels for branch in head.ppm] == [512] * 4
+    assert head.ppm_fuse[0].in_channels == 2048 + 4 * 512
+    assert head.ppm_fuse[0].out_channels == 256
+    assert {conv[0].out_channels for conv in head.lateral} == {256}
+    assert head.fuse[0].in_channels == 4 * 256 and head.fuse[0].out_channels == 256
 
 
 def test_instance_label_map_matches_painting_loop():
@@ -198,3 +209,12 @@ def test_instance_label_map_matches_painting_loop():
         if i != 1:
             expected[masks[i]] = i + 1
     assert torch.equal(instance_label_map(masks, iscrowd), expected)
+
+
+def test_one_image_per_process_trains_with_batchnorm():
+    """GGN trains PA with one image per GPU and BatchNorm: the 1x1 pyramid-pooling branch sees one
+    value per channel, which plain BatchNorm refuses in training mode."""
+    model = build_pa_model(PAModelOptions(backbone="resnet18", head_channels=8, ppm_channels=8), 1).train()
+    out = model(torch.rand(1, 3, 64, 64))
+    out.mean().backward()
+    assert out.shape == (1, 1, 64, 64)

@@ -166,3 +166,67 @@ def test_atomic_writes_leave_no_temp_files_and_readable_modes(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_decoding_16_bit_keeps_the_high_byte(tmp_path):
+    from oln.data.coco import _to_rgb_uint8
+
+    values = np.array([[0, 255, 1000, 257 * 7], [257 * 200 + 100, 257 * 128, 65280, 65535]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    expected = [[0, 0, 3, 7], [201, 128, 255, 255]]  # v >> 8 (OpenCV's rule): 257 k -> k, no clipping
+    assert load_image(tmp_path / "g16.png")[..., 0].tolist() == expected
+    assert (load_image(tmp_path / "g16.png") == load_image(tmp_path / "g16.png")[..., :1]).all()
+    # Older Pillow decodes 16-bit PNGs as 32-bit mode "I": same rule when the source is a PNG.
+    as_int = Image.fromarray(values.astype(np.int32))
+    assert _to_rgb_uint8(as_int, sixteen_bit=True)[..., 0].tolist() == expected
+    assert _to_rgb_uint8(Image.fromarray(np.full((1, 2), 200, np.int32)))[0, 0].tolist() == [200] * 3
+    wide = _to_rgb_uint8(Image.fromarray(np.array([[0, 50000, 100000]], np.int32)))
+    assert wide[0, :, 0].tolist() == [0, 127, 255]  # wider than 16 bits: scaled by the maximum
+    # 16-bit colour PNG (written by OpenCV, BGR order): high byte per channel.
+    import cv2
+
+    rgb16 = np.zeros((2, 3, 3), np.uint16)
+    rgb16[..., 0], rgb16[..., 1], rgb16[..., 2] = 257 * 10, 65535, 257 * 200 + 100
+    cv2.imwrite(str(tmp_path / "c16.png"), rgb16[..., ::-1])
+    assert load_image(tmp_path / "c16.png")[0, 0].tolist() == [10, 255, 201]
+
+
+def test_decoding_palette_gray_jpeg_la(tmp_path):
+    palette = Image.new("P", (3, 2))
+    palette.putpalette([255, 0, 0, 0, 0, 255, 10, 20, 30])
+    palette.putdata([0, 1, 2, 2, 1, 0])
+    palette.save(tmp_path / "p.png", transparency=0)
+    assert load_image(tmp_path / "p.png").reshape(-1, 3).tolist() == [
+        [255, 0, 0], [0, 0, 255], [10, 20, 30], [10, 20, 30], [0, 0, 255], [255, 0, 0]]
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "g.jpg", quality=100)
+    gray = load_image(tmp_path / "g.jpg")
+    assert gray.shape == (8, 8, 3) and np.abs(gray.astype(int) - 200).max() <= 1
+    Image.fromarray(np.dstack([np.full((2, 2), 77, np.uint8), np.zeros((2, 2), np.uint8)]), "LA").save(
+        tmp_path / "la.png")
+    assert load_image(tmp_path / "la.png")[1, 1].tolist() == [77, 77, 77]  # alpha 0 dropped, not composited
+
+
+@pytest.mark.parametrize("cmyk, rgb", [((0, 0, 0, 0), (255, 255, 255)), ((255, 0, 0, 0), (0, 255, 255)),
+                                        ((0, 0, 0, 255), (0, 0, 0)), ((0, 255, 255, 0), (255, 0, 0))])
+def test_decoding_cmyk_jpeg(tmp_path, cmyk, rgb):
+    Image.new("CMYK", (8, 8), cmyk).save(tmp_path / "c.jpg", quality=100)
+    with Image.open(tmp_path / "c.jpg") as img:
+        assert img.mode == "CMYK"
+    pixels = load_image(tmp_path / "c.jpg")
+    assert pixels.shape == (8, 8, 3) and np.abs(pixels.astype(int) - rgb).max() <= 2
+
+
+def test_decoding_exif_orientation_moves_pixels(tmp_path):
+    raw = np.zeros((2, 3, 3), np.uint8)
+    raw[0, 0] = [255, 0, 0]  # top-left red
+    raw[1, 0] = [0, 255, 0]  # bottom-left green
+    img = Image.fromarray(raw)
+    exif = img.getexif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise: the bottom-left pixel goes top-left
+    img.save(tmp_path / "r.png", exif=exif)
+    shown = load_image(tmp_path / "r.png")
+    assert shown.shape == (3, 2, 3)
+    assert shown[0, 0].tolist() == [0, 255, 0] and shown[0, 1].tolist() == [255, 0, 0]
+    assert load_image(tmp_path / "r.png", expected_hw=(3, 2)).shape == (3, 2, 3)
+    assert load_image(tmp_path / "r.png", expected_hw=(2, 3))[0, 0].tolist() == [255, 0, 0]  # raw kept
+    assert load_image(tmp_path / "r.png", expected_hw=(None, None)).shape == (3, 2, 3)  # no size: as shown

@@ -20,12 +20,13 @@ from oln.detector.oln_heads import (
 )
 from oln.detector.predict import PredictOptions, load_detector, predict
 from oln.detector.train import DetectorTrainOptions, build_train_dataset, train_detector
-from oln.detector.two_tower import pool_detections
 from oln.engine import TrainOptions
-from oln.io import read_json, read_jsonl, save_torch, write_json
+from oln.io import read_json, read_jsonl, write_json
 
 torch.set_num_threads(1)
 SIZE = 64
+# the defaults are the paper's widths; these tests only need the heads to run
+SLIM_HEADS = dict(fpn_channels=32, box_head_dim=64, mask_head_convs=2, mask_head_channels=16, rois_per_image=64)
 
 
 def tiny_options(arch: str, **kw) -> DetectorOptions:
@@ -36,7 +37,7 @@ def tiny_options(arch: str, **kw) -> DetectorOptions:
         max_size=SIZE,
         anchor_sizes=[8, 16, 32, 64, 128],
         max_detections=20,
-        **kw,
+        **{**SLIM_HEADS, **kw},
     )
 
 
@@ -130,26 +131,6 @@ def test_annotated_only_drops_pseudo_instances():
     assert kept["masks"].shape == (2, SIZE, SIZE) and kept["pseudo"].tolist() == [0, 0]
 
 
-def test_pool_detections_nms_across_towers():
-    a = [
-        {
-            "boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]),
-            "scores": torch.tensor([0.9, 0.3]),
-            "labels": torch.ones(2, dtype=torch.int64),
-        }
-    ]
-    b = [
-        {
-            "boxes": torch.tensor([[0.0, 0, 10, 11], [40, 40, 50, 50]]),
-            "scores": torch.tensor([0.8, 0.5]),
-            "labels": torch.ones(2, dtype=torch.int64),
-        }
-    ]
-    pooled = pool_detections([a, b], nms_thresh=0.7, max_detections=2)[0]
-    assert pooled["scores"].tolist() == pytest.approx([0.9, 0.5])  # B's duplicate suppressed, cut to 2
-    assert pooled["tower"].tolist() == [0, 1]
-
-
 def test_train_dataset_class_agnostic_and_pseudo_flag(tiny_coco):
     baseline = build_train_dataset(tiny_coco / "train.json", tiny_coco, [1], use_pseudo=False, flip=False)
     with_pseudo = build_train_dataset(tiny_coco / "train.json", tiny_coco, [1], use_pseudo=True, flip=False)
@@ -166,7 +147,7 @@ def test_train_dataset_class_agnostic_and_pseudo_flag(tiny_coco):
         assert t["masks"].shape[0] == len(t["boxes"])
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "two_tower"])  # two_tower: tests/test_two_tower.py
 def test_arch_train_step_and_eval(arch):
     torch.manual_seed(0)
     model = build_detector(tiny_options(arch))
@@ -187,20 +168,6 @@ def test_arch_train_step_and_eval(arch):
         assert ("masks" in out) == has_masks
         if has_masks:
             assert out["masks"].shape == (n, 1, SIZE, SIZE) and out["masks"].dtype == torch.bool
-
-
-def test_two_tower_a_learns_from_background_only_on_pseudo_boxes():
-    torch.manual_seed(0)
-    model = build_detector(tiny_options("two_tower")).train()
-    images = [torch.rand(3, SIZE, SIZE)]
-    losses = {
-        k: float(v.detach())
-        for k, v in model(images, [box_mask_target([[4, 4, 34, 28], [30, 30, 60, 60]], [1, 1])]).items()
-    }
-    # tower A has no annotated GT: no positive ROI, so no box-regression or mask loss
-    assert losses["loss_box_reg_a"] == 0.0 and losses["loss_mask_a"] == 0.0
-    assert losses["loss_classifier_a"] > 0.0
-    assert losses["loss_box_reg_b"] > 0.0 and losses["loss_mask_b"] > 0.0
 
 
 def test_train_then_predict_writes_coco_results(tiny_coco, tmp_path):
@@ -262,24 +229,3 @@ def test_training_is_bit_exact_for_a_seed(tiny_coco, tmp_path):
     first, second, other = weights(0, "a"), weights(0, "bb"), weights(1, "c")
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
-
-
-def test_predict_two_tower_tower_option(tiny_coco, tmp_path):
-    options = tiny_options("two_tower")
-    model = build_detector(options)
-    save_torch(
-        tmp_path / "model.pt", {"state_dict": model.state_dict(), "options": options.to_dict(), "meta": {}}
-    )
-    pooled, only_b = [], []
-    for tower, store in (("pooled", pooled), ("b", only_b)):
-        summary = predict(
-            tmp_path / "model.pt",
-            tiny_coco / "val.json",
-            tiny_coco,
-            PredictOptions(num_workers=0, device="cpu", tower=tower),
-            tmp_path / f"{tower}.json",
-        )
-        assert summary["tower"] == tower
-        store.extend(read_json(tmp_path / f"{tower}.json"))
-    assert {r["tower"] for r in pooled} <= {"a", "b"} and all("tower" not in r for r in only_b)
-    assert 0 < len(pooled) <= 3 * 20 and 0 < len(only_b) <= 3 * 20

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from oln.evaluation import DEFAULT_MAX_DETS, ar_auc, evaluate_recall, evaluate_to_file
+from oln.evaluation import DEFAULT_MAX_DETS, EvaluateOptions, ar_auc, evaluate_recall, evaluate_to_file
 
 SEEN, UNSEEN = 1, 2
 
@@ -139,10 +140,113 @@ def test_errors_are_clear():
     gt = make_gt([{"bbox": [0, 0, 10, 10], "category_id": SEEN}])
     with pytest.raises(ValueError, match="no evaluable ground truth"):
         recall_bbox(gt, [det([0, 0, 10, 10], 0.9)], [SEEN])
-    with pytest.raises(ValueError, match="image_id 7"):
-        recall_bbox(make_gt([{"bbox": [0, 0, 10, 10], "category_id": UNSEEN}]), [det([0, 0, 5, 5], 0.5, 7)])
     with pytest.raises(ValueError, match="iou_type"):
         evaluate_recall(gt, [], "keypoints")
+
+
+# --------------------------------------------------------------------------- broken inputs
+
+
+def _box_and_mask(bbox: list[float], score: float, image_id: int = 1, size: int = 200) -> dict:
+    x, y, w, h = (int(v) for v in bbox)
+    mask = np.zeros((size, size), bool)
+    mask[y: y + h, x: x + w] = True
+    return {**det(bbox, score, image_id), "segmentation": _rle_str(mask)}
+
+
+def _break_score_missing(d: dict) -> None:
+    del d["score"]
+
+
+def _break_score_nan(d: dict) -> None:
+    d["score"] = float("nan")
+
+
+def _break_score_inf(d: dict) -> None:
+    d["score"] = float("inf")
+
+
+def _break_score_text(d: dict) -> None:
+    d["score"] = "high"
+
+
+def _break_box_negative(d: dict) -> None:
+    d["bbox"] = [10, 10, -5, 8]
+
+
+def _break_box_nan(d: dict) -> None:
+    d["bbox"] = [10, float("nan"), 5, 8]
+
+
+def _break_box_short(d: dict) -> None:
+    d["bbox"] = [10, 10, 5]
+
+
+def _break_mask_size(d: dict) -> None:
+    d["segmentation"] = _rle_str(np.ones((100, 200), bool))
+
+
+def _break_mask_missing(d: dict) -> None:
+    del d["segmentation"]
+
+
+BROKEN_DETECTIONS = [
+    (_break_score_missing, "bbox", r"detections\[1\] \(image_id 1\): no 'score'"),
+    (_break_score_nan, "segm", r"detections\[1\] \(image_id 1\): score is not a finite number \(nan\)"),
+    (_break_score_inf, "bbox", r"detections\[1\] .*score is not a finite number \(inf\)"),
+    (_break_score_text, "bbox", r"detections\[1\] .*score is not a finite number \('high'\)"),
+    (_break_box_negative, "bbox", r"detections\[1\] .*bbox \[10, 10, -5, 8\] has a negative width or height"),
+    (_break_box_nan, "bbox", r"detections\[1\] .*bbox .* is not 4 finite numbers"),
+    (_break_box_short, "bbox", r"detections\[1\] .*bbox \[10, 10, 5\] is not 4 finite numbers"),
+    (_break_mask_size, "segm", r"detections\[1\] .*mask size \[100, 200\] differs from the image's \[200, 200\]"),
+    (_break_mask_missing, "segm", r"detections\[1\] .*no 'segmentation'"),
+]
+
+
+@pytest.mark.parametrize(("breaker", "iou_type", "message"), BROKEN_DETECTIONS,
+                         ids=[b[0].__name__[7:] for b in BROKEN_DETECTIONS])
+def test_broken_detection_is_named(tmp_path, breaker, iou_type, message):
+    gt = make_gt([{"bbox": [0, 0, 10, 10], "category_id": UNSEEN}])
+    dets = [_box_and_mask([0, 0, 10, 10], 0.9), _box_and_mask([10, 10, 5, 8], 0.5)]
+    breaker(dets[1])
+    with pytest.raises(ValueError, match=message):
+        evaluate_recall(gt, dets, iou_type, num_workers=1)
+    path = tmp_path / "run.json"  # the file is named when detections come from a file
+    path.write_text(json.dumps(dets, allow_nan=True))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": " + message):
+        evaluate_recall(gt, path, iou_type, num_workers=1)
+
+
+def test_ground_truth_on_an_unknown_image_is_an_error():
+    gt = make_gt([{"bbox": [0, 0, 10, 10], "category_id": UNSEEN},
+                  {"bbox": [0, 0, 10, 10], "category_id": UNSEEN, "image_id": 9}])
+    with pytest.raises(ValueError, match=r"annotation id 2 refers to image_id 9, which is not in 'images'"):
+        recall_bbox(gt, [det([0, 0, 10, 10], 0.9)])
+
+
+def test_ground_truth_mask_of_another_size_is_an_error():
+    gt = make_gt([{"bbox": [0, 0, 10, 10], "category_id": UNSEEN}])
+    gt["annotations"][0]["segmentation"] = _rle_str(np.ones((20, 20), bool))
+    with pytest.raises(ValueError, match=r"annotation id 1 .*mask size \[20, 20\] differs from the image's"):
+        evaluate_recall(gt, [_box_and_mask([0, 0, 10, 10], 0.9)], "segm", num_workers=1)
+
+
+def test_detections_on_unknown_images_are_dropped_and_counted(tmp_path, caplog):
+    gt = make_gt([{"bbox": [0, 0, 10, 10], "category_id": UNSEEN}])
+    dets = [det([0, 0, 10, 10], 0.9), det([0, 0, 5, 5], 0.5, 7), det([0, 0, 5, 5], 0.4, 7),
+            det([0, 0, 5, 5], 0.4, 8)]
+    with caplog.at_level("WARNING", logger="oln"):
+        result = recall_bbox(gt, dets)
+    assert result["AR@1"] == 1.0 and result["num_detections"] == 1
+    assert result["warnings"] == ["3 detections on 2 image ids not in the ground truth (e.g. 7, 8) were dropped"]
+    assert result["warnings"][0] in caplog.text
+    gt_path, dt_path, out = tmp_path / "gt.json", tmp_path / "dt.json", tmp_path / "eval.json"
+    gt_path.write_text(json.dumps(gt))
+    dt_path.write_text(json.dumps(dets))
+    evaluate_to_file(gt_path, dt_path, out, [], iou_types=["bbox"])
+    assert json.loads(out.read_text())["bbox"]["warnings"] == [
+        f"{dt_path}: 3 detections on 2 image ids not in the ground truth (e.g. 7, 8) were dropped"]
+    assert recall_bbox(gt, dets[:1])["warnings"] == []
 
 
 # --------------------------------------------------------------------------- AUC
@@ -293,7 +397,7 @@ def test_bytes_counts_and_missing_boxes():
 # --------------------------------------------------------------------------- files
 
 
-def test_evaluate_to_file(tmp_path):
+def test_evaluate_to_file(tmp_path, caplog):
     gt, dets = random_case(5)
     gt_path, dt_path, out_path = tmp_path / "gt.json", tmp_path / "dt.json", tmp_path / "eval" / "run.json"
     gt_path.write_text(json.dumps(gt))
@@ -302,9 +406,11 @@ def test_evaluate_to_file(tmp_path):
     on_disk = json.loads(out_path.read_text())
     assert set(on_disk) == {"bbox", "segm"}
     assert on_disk["segm"]["AR@100"] == pytest.approx(written["segm"]["AR@100"])
-    assert on_disk["bbox"] == evaluate_recall(gt_path, dt_path, "bbox", [1], num_workers=1)
+    assert on_disk["bbox"] == evaluate_recall(gt_path, dt_path, "bbox", [1], num_workers=1,
+                                              seen_removal=EvaluateOptions().seen_removal)
     boxes_only = [{k: v for k, v in d.items() if k != "segmentation"} for d in dets]
     dt_path.write_text(json.dumps(boxes_only))
-    with pytest.warns(UserWarning, match="segm evaluation skipped"):
+    with caplog.at_level("WARNING", logger="oln"):
         evaluate_to_file(gt_path, dt_path, out_path, [1])
+    assert "segm evaluation skipped" in caplog.text
     assert set(json.loads(out_path.read_text())) == {"bbox"}

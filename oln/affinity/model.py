@@ -33,14 +33,16 @@ class PAModelOptions:
         backbone: resnet18 | resnet34 | resnet50 (GGN) | resnet101 | resnet18_w<N> (ResNet-18 of
             base width N, e.g. resnet18_w16 at 1/16 of the compute; see oln.backbones).
         norm: bn (BatchNorm, GGN) | gn (GroupNorm) in backbone and head.
-        head_channels: UPerNet width (PPM and FPN channels; GGN: 512 PPM / 256 FPN).
+        head_channels: UPerNet width of the FPN and fusion convs (GGN: 256).
+        ppm_channels: width of each pyramid-pooling branch (GGN: 512; 0 = head_channels).
         pretrained_path: local torchvision ResNet state_dict to initialise the backbone
             ("" = random init; nothing is ever downloaded).
     """
 
-    backbone: str = "resnet18"
+    backbone: str = "resnet50"
     norm: str = "bn"
-    head_channels: int = 128
+    head_channels: int = 256
+    ppm_channels: int = 512
     pretrained_path: str = ""
 
 
@@ -53,10 +55,23 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
-def conv_norm_relu(in_ch: int, out_ch: int, kernel: int, norm: str) -> nn.Sequential:
+class PooledBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm for pyramid-pooling branches: with one value per channel (batch 1 on the 1x1
+    pooled map, GGN's one image per GPU) batch statistics do not exist, so that case is
+    normalised with the running statistics instead of failing; every other case is BatchNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                self.eps)
+        return super().forward(x)
+
+
+def conv_norm_relu(in_ch: int, out_ch: int, kernel: int, norm: str, pooled: bool = False) -> nn.Sequential:
+    """Conv (no bias) + norm + ReLU; `pooled` marks a pyramid-pooling branch (see PooledBatchNorm2d)."""
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
-        norm_layer(norm, out_ch),
+        PooledBatchNorm2d(out_ch) if pooled and norm == "bn" else norm_layer(norm, out_ch),
         nn.ReLU(inplace=True),
     )
 
@@ -96,14 +111,16 @@ class ResNetStages(nn.Module):
 class UPerNetHead(nn.Module):
     """Pyramid pooling on the last stage + FPN over all stages, fused at stride 4."""
 
-    def __init__(self, in_channels: list[int], channels: int, out_channels: int, norm: str):
+    def __init__(self, in_channels: list[int], channels: int, out_channels: int, norm: str,
+                 ppm_channels: int = 0):
         super().__init__()
         top = in_channels[-1]
+        ppm_channels = ppm_channels or channels
         self.ppm = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(scale), conv_norm_relu(top, channels, 1, norm))
+            nn.Sequential(nn.AdaptiveAvgPool2d(scale), conv_norm_relu(top, ppm_channels, 1, norm, pooled=True))
             for scale in POOL_SCALES
         )
-        self.ppm_fuse = conv_norm_relu(top + len(POOL_SCALES) * channels, channels, 3, norm)
+        self.ppm_fuse = conv_norm_relu(top + len(POOL_SCALES) * ppm_channels, channels, 3, norm)
         self.lateral = nn.ModuleList(conv_norm_relu(c, channels, 1, norm) for c in in_channels[:-1])
         self.smooth = nn.ModuleList(conv_norm_relu(channels, channels, 3, norm) for _ in in_channels[:-1])
         self.fuse = conv_norm_relu(len(in_channels) * channels, channels, 3, norm)
@@ -136,7 +153,8 @@ class PAModel(nn.Module):
         super().__init__()
         self.options = options
         self.backbone = ResNetStages(options.backbone, options.norm, options.pretrained_path)
-        self.head = UPerNetHead(self.backbone.out_channels, options.head_channels, out_channels, options.norm)
+        self.head = UPerNetHead(self.backbone.out_channels, options.head_channels, out_channels, options.norm,
+                                options.ppm_channels)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -165,7 +183,8 @@ def load_pa_model(path: str | Path, device: str | torch.device = "cpu") -> tuple
         out_channels, mean/std, data options, ...).
     """
     blob = torch.load(path, map_location="cpu", weights_only=False)
-    options = PAModelOptions(**{**blob["options"], "pretrained_path": ""})
+    # Models saved before `ppm_channels` existed used head_channels for the PPM too (0).
+    options = PAModelOptions(**{"ppm_channels": 0, **blob["options"], "pretrained_path": ""})
     meta = blob["meta"]
     model = build_pa_model(options, int(meta["out_channels"]))
     model.load_state_dict(blob["state_dict"])

@@ -19,6 +19,7 @@ from oln.affinity.targets import affinity_targets, instance_label_map, num_affin
 from oln.data.transforms import build_transforms
 from oln.engine import TrainOptions, seed_model_init, train
 from oln.plots import plot_curve
+from oln.schedule import resolve_schedule
 
 PAD_MULTIPLE = 32
 EPS = 1e-5
@@ -46,20 +47,22 @@ class PADataOptions:
     Attributes:
         max_size: shrink images so the longer side is <= max_size (0 = original
             resolution, as GGN on COCO).
-        flip: random horizontal flip (p = 0.5).
+        flip: random horizontal flip (p = 0.5; GGN's PA training does not flip).
         scale_range: [min, max] random rescale factor ([1, 1] = off).
         crop_size: random square crop side in pixels (0 = off).
     """
 
     max_size: int = 0
-    flip: bool = True
+    flip: bool = False
     scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
     crop_size: int = 0
 
 
 def _default_pa_train() -> TrainOptions:
-    return TrainOptions(iterations=600, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
-                        warmup_iters=50, schedule="cosine", checkpoint_every=200, log_every=10)
+    """GGN's PA schedule: SGD 0.02, 20 epochs of 1 image per GPU (8 GPUs), lr step after epoch 15."""
+    return TrainOptions(iterations=0, epochs=20, lr_step_epochs=[15], batch_size=1, optimizer="sgd", lr=0.02,
+                        momentum=0.9, weight_decay=1e-4, warmup_iters=500, schedule="step",
+                        checkpoint_every=5000, log_every=50)
 
 
 @dataclass
@@ -144,6 +147,7 @@ def train_pa(
     seen_category_ids: list[int],
     options: PATrainOptions,
     out_dir: str | Path,
+    filter_empty_gt: bool = False,
 ) -> Path:
     """Train the affinity network on seen-category masks.
 
@@ -153,6 +157,7 @@ def train_pa(
         seen_category_ids: categories whose masks supervise the network.
         options: `PATrainOptions`.
         out_dir: receives model.pt, log.jsonl, curve.png, checkpoints/.
+        filter_empty_gt: train only on images with a seen-category annotation (GGN).
     Returns:
         path of `out_dir/model.pt`.
     """
@@ -162,11 +167,12 @@ def train_pa(
     transform = build_transforms(options.data.max_size, options.data.flip, options.data.scale_range,
                                  options.data.crop_size)
     dataset = CocoInstances(train_json, image_root, category_ids=list(seen_category_ids),
-                            transform=transform, include_pseudo=False)
+                            transform=transform, include_pseudo=False, filter_empty_gt=filter_empty_gt)
     out_channels = num_affinity_channels(options.target.neighbor_distances, options.target.reduction)
     seed_model_init(options.train.seed)
     model = build_pa_model(options.model, out_channels)
-    model = train(model, dataset, collate_list, make_loss_fn(options.target), options.train, out_dir,
+    train_options = resolve_schedule(options.train, len(dataset))
+    model = train(model, dataset, collate_list, make_loss_fn(options.target), train_options, out_dir,
                   desc="train_pa")
     if _is_rank_zero():
         save_pa_model(out_dir / "model.pt", model, model_meta(options))

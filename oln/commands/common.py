@@ -15,6 +15,13 @@ def add_split_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unseen", default="unseen", help="unseen (evaluated) categories: split name or JSON id list")
 
 
+def add_filter_argument(p: argparse.ArgumentParser) -> None:
+    """--filter-empty-gt / --no-filter-empty-gt (the rules pass dataset.filter_empty_gt)."""
+    p.add_argument("--filter-empty-gt", action=argparse.BooleanOptionalAction, default=True,
+                   help="use only images with an annotation of the seen categories, as GGN "
+                        "(default: %(default)s; dataset.filter_empty_gt)")
+
+
 def add_device_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
 

@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from oln.cli import command, config_of, section_of
-from oln.commands.common import add_device_argument, add_split_arguments, categories_of, split_ids
+from oln.commands.common import (
+    add_device_argument,
+    add_filter_argument,
+    add_split_arguments,
+    categories_of,
+    split_ids,
+)
 from oln.config import ConfigError, options_from_dict
 
 
@@ -17,10 +23,20 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="name of a run in detector.runs (with --config)")
     p.add_argument("--params", help="the run, merged over detector.defaults, as JSON (used by the rules)")
     p.add_argument("--train-json", required=True, type=Path, help="seen GT json, or the merged GT + pseudo json")
-    p.add_argument("--image-root", required=True, type=Path)
+    p.add_argument("--image-root", required=True, type=Path, help="folder the json's file_names are relative to")
     p.add_argument("--out-dir", required=True, type=Path, help="model.pt, log.jsonl, curve.png, checkpoints/")
+    p.add_argument("--grouping-model", type=Path,
+                   help="arch two_tower: the grouping run's model.pt (detector/<grouping_run>/model.pt)")
     add_split_arguments(p)
+    add_filter_argument(p)
     add_device_argument(p)
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def run_options(args: argparse.Namespace) -> dict:
@@ -48,21 +64,28 @@ def train_detector(args: argparse.Namespace) -> dict:
 
     run = run_options(args)
     use_pseudo = bool(run.pop("pseudo"))
+    grouping_run = run.pop("grouping_run", "<grouping_run>")
     options = options_from_dict(DetectorTrainOptions, run, "detector.runs")
     options.train.device = args.device
+    settings = {"options": options, "train_json": str(args.train_json), "filter_empty_gt": args.filter_empty_gt}
+    if args.grouping_model:  # two_tower: a retrained grouping run must not resume old checkpoints
+        options.detector.grouping_model = str(args.grouping_model)
+        settings["grouping_model_sha256"] = _file_sha256(args.grouping_model)
+    if options.detector.arch == "two_tower" and not options.detector.grouping_model:
+        raise ConfigError(f"a two_tower run needs --grouping-model (detector/{grouping_run}/model.pt)")
     seen = split_ids(args.seen, categories_of(args.train_json))
-    reset_stale_checkpoints(args.out_dir, {"options": options, "seen": seen, "pseudo": use_pseudo,
-                                           "train_json": str(args.train_json)})
-    path = run_training(args.train_json, args.image_root, seen, use_pseudo, options, args.out_dir)
+    reset_stale_checkpoints(args.out_dir, {**settings, "seen": seen, "pseudo": use_pseudo})
+    path = run_training(args.train_json, args.image_root, seen, use_pseudo, options, args.out_dir,
+                        filter_empty_gt=args.filter_empty_gt)
     return {"model": str(path)}
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--images-json", required=True, type=Path)
-    p.add_argument("--image-root", required=True, type=Path)
+    p.add_argument("--model", required=True, type=Path, help="trained detector model.pt")
+    p.add_argument("--images-json", required=True, type=Path,
+                   help="COCO json of the images to run on (annotations not used)")
+    p.add_argument("--image-root", required=True, type=Path, help="folder the json's file_names are relative to")
     p.add_argument("--out", required=True, type=Path, help="COCO results json")
-    p.add_argument("--tower", choices=["a", "b", "pooled"], help="two-tower output (default: pooled)")
     add_device_argument(p)
 
 
@@ -74,6 +97,4 @@ def predict(args: argparse.Namespace) -> dict:
 
     options = options_from_dict(PredictOptions, section_of(args), "predict")
     options.device = args.device
-    if args.tower:
-        options.tower = args.tower
     return run(args.model, args.images_json, args.image_root, options, args.out)

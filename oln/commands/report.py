@@ -12,7 +12,7 @@ from oln.config import options_from_dict
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exp-dir", required=True, type=Path, help="results/<experiment>")
-    p.add_argument("--val-json", required=True, type=Path)
+    p.add_argument("--val-json", required=True, type=Path, help="COCO json of the evaluation images")
     p.add_argument("--image-root", required=True, type=Path, help="image root of --val-json")
     add_split_arguments(p)
 
@@ -50,7 +50,7 @@ def _curve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("log", type=Path, help="a training log.jsonl")
     p.add_argument("--keys", nargs="+", help="log fields to draw (default: every loss term)")
     p.add_argument("--out", required=True, type=Path, help="PNG to write")
-    p.add_argument("--title", default="")
+    p.add_argument("--title", default="", help="plot title")
 
 
 @command("plot-curve", "plot loss terms (and lr) of a training log.jsonl", None, _curve_args)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
+from oln.data.filtering import filter_training_images
 from oln.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -32,35 +33,48 @@ class UnreadableImage(Exception):
 
 
 def load_image(path: str | os.PathLike, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image file to RGB uint8 (H, W, 3).
+    """Decode an image file to RGB uint8 (H, W, 3): the one image reader of the library.
 
-    Handles grayscale, palette, RGBA (alpha dropped), 16-bit (scaled to 8 bits)
-    and EXIF orientation. When `expected_hw` is given (the annotation file's
-    height/width) and only the raw, un-rotated pixels match it, the raw
-    orientation is kept so masks stay aligned with the annotations.
+    Modes: grayscale and palette are expanded, RGBA/LA drop alpha (no compositing),
+    CMYK uses Pillow's conversion ((0, 0, 0, 0) is white; Adobe-inverted JPEGs are
+    handled), 16-bit (grayscale or colour) keeps the high byte (v >> 8, so
+    65535 -> 255 and 257 * k -> k), as OpenCV's IMREAD_COLOR does. EXIF orientation
+    is applied, as mmcv's default `imread(flag='color')` (cv2.IMREAD_COLOR) and
+    detectron2 do; pycocotools never reads pixels. When `expected_hw` (the
+    annotation's height, width) matches only the raw, un-rotated size, the raw
+    pixels are kept so masks stay aligned with the annotations.
 
     Raises:
         UnreadableImage: the file is missing, empty, truncated or not an image.
     """
     path = Path(path)
+    if expected_hw is not None and not all(expected_hw):
+        expected_hw = None  # an images json without height/width
     try:
         with Image.open(path) as img:
             img.load()
+            sixteen_bit_png = img.format == "PNG" and img.mode == "I"  # older Pillow: 16-bit gray PNG
             oriented = ImageOps.exif_transpose(img)
             if expected_hw is not None and oriented.size[::-1] != tuple(expected_hw):
                 if img.size[::-1] == tuple(expected_hw):
                     oriented = img
-            return _to_rgb_uint8(oriented)
+            return _to_rgb_uint8(oriented, sixteen_bit=sixteen_bit_png)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise UnreadableImage(f"{path}: cannot decode image ({err})") from err
 
 
-def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+def _to_rgb_uint8(img: Image.Image, sixteen_bit: bool = False) -> np.ndarray:
+    """RGB uint8 of a decoded image; integer modes: 16-bit -> high byte, wider -> scaled by the max."""
+    if img.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I (32-bit int)
+        arr = np.clip(np.asarray(img).astype(np.int64), 0, None)
+        top = int(arr.max(initial=0))
+        if top > 65535:
+            gray = arr * 255 // top
+        elif sixteen_bit or img.mode != "I" or top > 255:
+            gray = arr >> 8
+        else:
+            gray = arr
+        return np.repeat(gray.astype(np.uint8)[:, :, None], 3, axis=2)
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         gray = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
@@ -137,6 +151,9 @@ class CocoInstances(torch.utils.data.Dataset):
         transform: optional callable `(image, target) -> (image, target)`.
         include_pseudo: keep annotations flagged `pseudo: 1` (kept whatever
             their category when True, dropped when False).
+        filter_empty_gt: keep only the images with an annotation of `category_ids`
+            (pseudo ones do not count) and a shorter side >= 32 px, as GGN trains
+            (see `oln.data.filtering`).
     Items:
         `(image, target)`: image float32 (3, H, W) in [0, 1]; target with
         `boxes` (N, 4) xyxy, `masks` uint8 (N, H, W), `labels` all 1,
@@ -150,6 +167,7 @@ class CocoInstances(torch.utils.data.Dataset):
         category_ids: Sequence[int] | None = None,
         transform: Callable | None = None,
         include_pseudo: bool = True,
+        filter_empty_gt: bool = False,
     ) -> None:
         self.json_path = Path(json_path)
         self.image_root = Path(image_root)
@@ -159,6 +177,10 @@ class CocoInstances(torch.utils.data.Dataset):
         self.categories = data.get("categories", [])
         keep = None if category_ids is None else {int(c) for c in category_ids}
         self.images = sorted(data["images"], key=lambda im: im["id"])
+        known_ids = {im["id"] for im in self.images}
+        if filter_empty_gt:
+            self.images = filter_training_images(self.images, data.get("annotations", []), keep,
+                                                 str(self.json_path))
         self.anns_by_image: dict[int, list[dict]] = {im["id"]: [] for im in self.images}
         self.num_dropped_degenerate = 0
         for ann in data.get("annotations", []):
@@ -167,9 +189,11 @@ class CocoInstances(torch.utils.data.Dataset):
                 continue
             if not is_pseudo and keep is not None and int(ann["category_id"]) not in keep:
                 continue
-            if ann["image_id"] not in self.anns_by_image:
+            if ann["image_id"] not in known_ids:
                 raise ValueError(f"{self.json_path}: annotation {ann.get('id')} refers to unknown image "
                                  f"{ann['image_id']}")
+            if ann["image_id"] not in self.anns_by_image:  # an image dropped by filter_empty_gt
+                continue
             if ann["bbox"][2] < 1 or ann["bbox"][3] < 1:
                 self.num_dropped_degenerate += 1
                 continue

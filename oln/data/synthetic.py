@@ -36,6 +36,7 @@ from scipy import ndimage
 from oln.data.painting import object_fill, paint_background, paint_clutter
 from oln.data.shapes import SHAPES, place_contours, rasterise, scale_for_pixel_count
 from oln.io import encode_masks, write_bytes, write_json
+from oln.progress import progress
 
 SEEN_NAMES: list[str] = ["disc", "square", "triangle", "star", "cross", "arrow"]
 UNSEEN_NAMES: list[str] = ["hexagon", "ring", "crescent", "heart", "l_shape", "blob"]
@@ -270,7 +271,7 @@ def synthesize(out_dir: Path, options: SyntheticOptions) -> dict:
         image_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_images(image_dir, count)
         images, annotations = [], []
-        for index in range(count):
+        for index in progress(range(count), f"synthesize {split}", unit="img"):
             rng = np.random.default_rng([options.seed, split_index, index])
             image, category_ids, masks = render_scene(options, rng)
             file_name = f"{split}/{index + 1:06d}.png"

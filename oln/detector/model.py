@@ -4,15 +4,19 @@ Architectures (`DetectorOptions.arch`):
 - "mask_rcnn": Mask R-CNN with two classes (background, object).
 - "faster_rcnn": the same without the mask branch (box-only runs).
 - "oln": OLN-Box / OLN-Mask (`oln_masks`), see `oln.detector.oln_heads`.
-- "two_tower": shared backbone + RPN, ROI tower A (annotated GT) and tower B
-  (annotated + pseudo GT), see `oln.detector.two_tower`.
+- "two_tower": GGN's two-tower detector: a trained grouping detector (`grouping_model`)
+  proposes boxes and masks, a recognition tower re-scores them, see `oln.detector.two_tower`.
 
 All use a ResNet-18/50/101 FPN backbone built without downloads; weights come
 only from local files (`backbone_weights`: a torchvision ResNet state dict;
 `model_weights`: a full detector state dict, tensors of other shapes skipped).
-Defaults are the slim heads of the embedded synthetic experiment; the paper's
-stock widths are fpn_channels=256, box_head_dim=1024, mask_head_convs=4,
-mask_head_channels=256, rois_per_image=512 (COCO: min_size=800, max_size=1333).
+Defaults are GGN's class-agnostic Mask R-CNN (`configs/mask_rcnn/class_agn_mask_rcnn.py`,
+mmdetection v2): paper widths, 800 x 1333 images, one square anchor of 8 x stride per
+location, RPN NMS 0.7 with 2000 proposals per level and per image, anchors centred in the
+padding ignored (`rpn_allowed_border=-1`), low-quality matches from IoU 0.3, L1 box losses,
+RoIAlign aligned with adaptive sampling, binary mask targets. OLN-Box's recipe
+(`configs/oln_box/oln_box.py`) differs in `OLN_RECIPE`. The embedded synthetic experiment
+sets its slim widths in its config.
 """
 
 from __future__ import annotations
@@ -27,22 +31,35 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from oln.backbones import BACKBONE_HELP, build_resnet, is_backbone
 from oln.detector.components import DetectorBase, Float32FastRCNNPredictor, Float32RPNHead, PastingTransform
+from oln.detector.losses import BOX_LOSSES
 from oln.detector.oln_heads import OLNRCNN, OLNBoxPredictor, OLNRegionProposalNetwork, OLNRoIHeads, OLNRPNHead
-from oln.detector.two_tower import TwoTowerRCNN
+from oln.detector.roi_align import AlignedMultiScaleRoIAlign
+from oln.detector.roi_heads import RecipeRoIHeads
+from oln.detector.rpn import RecipeRPN
 
 log = logging.getLogger(__name__)
 
 ARCHS = ("mask_rcnn", "faster_rcnn", "oln", "two_tower")
 BACKBONE_NORMS = ("auto", "frozen_bn", "bn")
 NUM_CLASSES = 2  # background + object
+SIZE_DIVISIBLE = 32  # batched images are padded to a multiple of this (torchvision and mmdet)
+
+# Detector keys that make a run OLN-Box's recipe (configs/oln_box/oln_box.py) on top of the
+# GGN defaults of DetectorOptions: no RPN NMS, no per-image proposal cap, anchors crossing
+# the image border ignored. Its ROI box loss is L1 in any case (OLNRoIHeads).
+OLN_RECIPE = {
+    "arch": "oln",
+    "oln_masks": False,
+    "rpn_nms_thresh": None,
+    "rpn_post_nms_top_n_train": None,
+    "rpn_post_nms_top_n_test": None,
+    "rpn_allowed_border": 0,
+}
 
 
 @dataclass
@@ -67,18 +84,41 @@ class DetectorOptions:
         roi_positive_fraction: share of positives among them (0.25).
         rpn_batch_size_per_image / rpn_positive_fraction: RPN anchor sampling (256, 0.5).
         rpn_fg_iou_thresh / rpn_bg_iou_thresh: RPN anchor matching (0.7 / 0.3).
-        rpn_pre_nms_top_n_train/_test: proposals kept per FPN level before NMS.
-        rpn_post_nms_top_n_train/_test: proposals kept per image after NMS.
-        rpn_nms_thresh: RPN NMS IoU (stock 0.7; OLN uses 1.0 = no NMS).
+        rpn_pre_nms_top_n_train/_test: proposals kept per FPN level before NMS (GGN, OLN: 2000).
+        rpn_post_nms_top_n_train/_test: proposals kept per image after NMS (GGN: 2000);
+            None = no per-image cap (OLN).
+        rpn_nms_thresh: RPN NMS IoU, per FPN level (GGN: 0.7); None = no NMS (OLN).
+        rpn_allowed_border: anchors used for RPN targets (mmdet's allowed_border): None = all
+            (torchvision); -1 = those centred inside the image padded to 32 (GGN); b >= 0 = also
+            within b px of the image (OLN: 0); the others are neither matched nor sampled.
+        rpn_min_pos_iou: a GT's best anchors become positive only from this IoU (mmdet's
+            min_pos_iou, GGN/OLN 0.3); None = at any IoU (torchvision).
+        box_loss: box regression loss of the standard RPN and ROI heads: "l1" (GGN) or
+            "smooth_l1" (torchvision, beta 1/9); OLN's losses are fixed (IoU / L1).
+        roi_align_aligned: RoIAlign with the half-pixel shift (mmdet, True) or without (torchvision).
+        roi_sampling_ratio: RoIAlign samples per bin side for box and mask pooling (0 = adaptive, mmdet).
+        mask_target_binary: mask targets cropped with `roi_align_aligned` and binarised at 0.5
+            (mmdet, True) or soft (torchvision).
         min_size / max_size: GeneralizedRCNNTransform resize (shorter side / longer side cap).
         train_min_sizes: shorter sides drawn at random per training image (scale
             augmentation); empty = min_size only.
         max_detections: detections kept per image at test time (>= the largest AR@k).
         score_thresh: minimum detection score at test time (0 keeps everything).
-        nms_thresh: test-time NMS IoU of the ROI stage (and of the two-tower pooling).
+        nms_thresh: test-time NMS IoU of the ROI stage.
         mask_threshold: pasted mask probability counted as foreground.
         oln_masks: OLN-Mask (True) or OLN-Box (False).
-        tower: two_tower test output "a" | "b" | "pooled".
+        grouping_model: two_tower: the grouping detector's model.pt (set by the workflow from the
+            run's `grouping_run`; "" once rebuilt from a saved two-tower model).
+        feed_in_rpn: two_tower: propose the grouping tower's RPN proposals instead of its
+            detections (no grouping masks; box-only output unless refine_grouping).
+        use_group_mask: two_tower: the grouping mask of each ROI is one more ROI-feature channel.
+        refine_grouping: two_tower: the recognition tower has its own mask head and outputs its
+            own boxes and masks; otherwise the grouping tower's, re-scored (GGN's merge_results).
+        freeze_grouping: two_tower: freeze the whole grouping tower (GGN's freeze_rpn_scoring);
+            otherwise its RPN scoring layers keep training.
+        freeze_backbone: two_tower: freeze the recognition tower's ResNet (its FPN trains).
+        detach_mask_features: two_tower with refine_grouping: the mask loss does not reach the
+            recognition features (GGN's stop_grad_group).
     """
 
     arch: str = "mask_rcnn"
@@ -89,11 +129,11 @@ class DetectorOptions:
     trainable_backbone_layers: int | None = None
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     anchor_ratios: list[float] = field(default_factory=lambda: [1.0])
-    fpn_channels: int = 128
-    box_head_dim: int = 256
-    mask_head_convs: int = 2
-    mask_head_channels: int = 64
-    rois_per_image: int = 64
+    fpn_channels: int = 256
+    box_head_dim: int = 1024
+    mask_head_convs: int = 4
+    mask_head_channels: int = 256
+    rois_per_image: int = 512
     roi_positive_fraction: float = 0.25
     rpn_batch_size_per_image: int = 256
     rpn_positive_fraction: float = 0.5
@@ -101,24 +141,36 @@ class DetectorOptions:
     rpn_bg_iou_thresh: float = 0.3
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_test: int = 2000
-    rpn_nms_thresh: float = 0.7
-    min_size: int = 128
-    max_size: int = 128
+    rpn_post_nms_top_n_train: int | None = 2000
+    rpn_post_nms_top_n_test: int | None = 2000
+    rpn_nms_thresh: float | None = 0.7
+    rpn_allowed_border: int | None = -1
+    rpn_min_pos_iou: float | None = 0.3
+    box_loss: str = "l1"
+    roi_align_aligned: bool = True
+    roi_sampling_ratio: int = 0
+    mask_target_binary: bool = True
+    min_size: int = 800
+    max_size: int = 1333
     train_min_sizes: list[int] = field(default_factory=list)
-    max_detections: int = 1000
+    max_detections: int = 1500
     score_thresh: float = 0.0
     nms_thresh: float = 0.7
     mask_threshold: float = 0.5
     oln_masks: bool = True
-    tower: str = "pooled"
+    grouping_model: str = ""
+    feed_in_rpn: bool = False
+    use_group_mask: bool = False
+    refine_grouping: bool = False
+    freeze_grouping: bool = False
+    freeze_backbone: bool = False
+    detach_mask_features: bool = True
 
     def __post_init__(self) -> None:
         checks = [
             (self.arch, ARCHS, "arch"),
             (self.backbone_norm, BACKBONE_NORMS, "backbone_norm"),
-            (self.tower, ("a", "b", "pooled"), "tower"),
+            (self.box_loss, BOX_LOSSES, "box_loss"),
         ]
         if not is_backbone(self.backbone):
             raise ValueError(f"DetectorOptions.backbone must be {BACKBONE_HELP}, got {self.backbone!r}")
@@ -130,7 +182,9 @@ class DetectorOptions:
 
     @property
     def has_masks(self) -> bool:
-        return self.arch in ("mask_rcnn", "two_tower") or (self.arch == "oln" and self.oln_masks)
+        if self.arch == "two_tower":
+            return self.refine_grouping or not self.feed_in_rpn
+        return self.arch == "mask_rcnn" or (self.arch == "oln" and self.oln_masks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -204,6 +258,10 @@ def _rpn_kwargs(options: DetectorOptions) -> dict:
             "testing": options.rpn_post_nms_top_n_test,
         },
         nms_thresh=options.rpn_nms_thresh,
+        allowed_border=options.rpn_allowed_border,
+        min_pos_iou=options.rpn_min_pos_iou,
+        box_loss=options.box_loss,
+        size_divisible=SIZE_DIVISIBLE,
     )
 
 
@@ -219,9 +277,13 @@ def mask_predictor(in_channels: int, channels: int) -> MaskRCNNPredictor:
     return predictor
 
 
-def build_roi_heads(options: DetectorOptions, with_masks: bool, oln: bool = False) -> RoIHeads:
+def build_roi_heads(options: DetectorOptions, with_masks: bool, oln: bool = False) -> RecipeRoIHeads:
     """Box head (+ mask head) ROI stage; OLN's box-IoU predictor when `oln`."""
     levels = ["0", "1", "2", "3"]
+
+    def roi_pool(size: int) -> AlignedMultiScaleRoIAlign:
+        return AlignedMultiScaleRoIAlign(levels, size, options.roi_sampling_ratio, options.roi_align_aligned)
+
     box_head = TwoMLPHead(options.fpn_channels * 7 * 7, options.box_head_dim)
     predictor = (
         OLNBoxPredictor(options.box_head_dim)
@@ -232,13 +294,13 @@ def build_roi_heads(options: DetectorOptions, with_masks: bool, oln: bool = Fals
     if with_masks:
         convs = [options.mask_head_channels] * options.mask_head_convs
         mask_parts = dict(
-            mask_roi_pool=MultiScaleRoIAlign(levels, 14, 2),
+            mask_roi_pool=roi_pool(14),
             mask_head=MaskRCNNHeads(options.fpn_channels, convs, 1),
             mask_predictor=mask_predictor(convs[-1] if convs else options.fpn_channels, options.mask_head_channels),
         )
-    heads_class = OLNRoIHeads if oln else RoIHeads
+    heads_class = OLNRoIHeads if oln else RecipeRoIHeads
     return heads_class(
-        MultiScaleRoIAlign(levels, 7, 2),
+        roi_pool(7),
         box_head,
         predictor,
         0.5,
@@ -250,15 +312,23 @@ def build_roi_heads(options: DetectorOptions, with_masks: bool, oln: bool = Fals
         options.nms_thresh,
         options.max_detections,
         **mask_parts,
+        box_loss=options.box_loss,
+        mask_target_aligned=options.roi_align_aligned,
+        mask_target_binary=options.mask_target_binary,
     )
 
 
-def build_detector(options: DetectorOptions) -> nn.Module:
+def build_detector(
+    options: DetectorOptions, grouping: tuple[nn.Module, DetectorOptions] | None = None
+) -> nn.Module:
     """Build the detector described by `options` (eval-mode outputs: boxes, scores, labels, masks).
+
+    `grouping`: two_tower only, the grouping detector and its options (default: loaded from
+    `options.grouping_model`).
 
     Returns:
         an nn.Module: train mode `model(images, targets) -> dict of losses`;
-        eval mode `model(images) -> list of {"boxes", "scores", "labels"[, "masks"][, "tower"]}`.
+        eval mode `model(images) -> list of {"boxes", "scores", "labels"[, "masks"]}`.
     """
     backbone = build_backbone(options)
     num_anchors = len(options.anchor_ratios)
@@ -270,37 +340,29 @@ def build_detector(options: DetectorOptions) -> nn.Module:
         train_min_sizes=tuple(options.train_min_sizes),
         mask_threshold=options.mask_threshold,
     )
-    if options.arch == "oln":
+    if options.arch == "two_tower":
+        from oln.detector.two_tower import build_two_tower  # that module imports this one
+
+        model = build_two_tower(options, backbone, transform, grouping)
+    elif options.arch == "oln":
         rpn = OLNRegionProposalNetwork(
             head=OLNRPNHead(options.fpn_channels, num_anchors), **_rpn_kwargs(options)
         )
         model = OLNRCNN(backbone, rpn, build_roi_heads(options, options.oln_masks, oln=True), transform)
     else:
-        rpn = RegionProposalNetwork(
+        rpn = RecipeRPN(
             head=Float32RPNHead(options.fpn_channels, num_anchors), **_rpn_kwargs(options)
         )
-        if options.arch == "two_tower":
-            model = TwoTowerRCNN(
-                backbone,
-                rpn,
-                build_roi_heads(options, True),
-                build_roi_heads(options, True),
-                transform,
-                options.nms_thresh,
-                options.max_detections,
-                options.tower,
-            )
-        else:
-            model = DetectorBase(
-                backbone, rpn, build_roi_heads(options, options.arch == "mask_rcnn"), transform
-            )
+        model = DetectorBase(
+            backbone, rpn, build_roi_heads(options, options.arch == "mask_rcnn"), transform
+        )
     if options.model_weights:
         load_matching_weights(model, load_state_file(options.model_weights))
     return model
 
 
 def load_matching_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
-    """Copy tensors whose name and shape match; single-tower ROI weights also fill both towers.
+    """Copy tensors whose name and shape match.
 
     Returns:
         the number of tensors loaded.
@@ -308,12 +370,8 @@ def load_matching_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> i
     own = model.state_dict()
     loaded = {}
     for name, tensor in own.items():
-        source = name
-        for tower in (".a.", ".b."):
-            if name.startswith("roi_heads" + tower) and name not in state:
-                source = "roi_heads." + name[len("roi_heads" + tower) :]
-        if source in state and state[source].shape == tensor.shape:
-            loaded[name] = state[source]
+        if name in state and state[name].shape == tensor.shape:
+            loaded[name] = state[name]
     model.load_state_dict(loaded, strict=False)
     log.info("loaded %d / %d tensors from model weights", len(loaded), len(own))
     return len(loaded)

@@ -13,15 +13,21 @@ top of torchvision's RPN and ROI heads:
   256 as in the reference sampler). Boxes are regressed as distances from the
   anchor centre to the four box sides (in anchor widths/heights) with an IoU
   loss (1 - IoU, weight 10) on the standard RPN samples (IoU >= 0.7 / < 0.3,
-  256 per image, half positive). The regression bias starts at 0.5 so the
-  initial prediction is the anchor box itself (the reference starts at 0).
+  256 per image, half positive). Both losses are divided by the number of
+  anchors the box branch sampled, as OLN's. Both matchers follow mmdet's
+  low-quality rule with `min_pos_iou` 0.3 and use only the anchors that
+  `allowed_border` (OLN: 0) keeps (see `oln.detector.rpn`). The regression bias
+  starts at 0.5 so the initial prediction is the anchor box itself (the
+  reference starts at 0). Proposals: the top `pre_nms_top_n` per FPN level by
+  centerness; OLN runs no NMS and keeps them all (`nms_thresh=None`,
+  `post_nms_top_n=None`), in training and at test.
 - ROI head (`OLNRoIHeads`): two shared FC layers, then box deltas (L1) and a
   box-IoU logit trained with L1 between sigmoid(logit) and the IoU of each
   positive proposal with its GT (torchvision sampling: IoU >= 0.5 positive,
   512 per image, a quarter positive, GT added as proposals). No classifier.
 - Score of a detection: sqrt(rpn_centerness * roi_iou) (`combine_oln_scores`),
-  then NMS and the top `detections_per_img`. OLN-Mask adds torchvision's mask
-  head trained on the positive proposals.
+  then NMS and the top `detections_per_img`. OLN-Mask adds the mask head of
+  `RecipeRoIHeads`, trained on the positive proposals.
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
-from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import boxes as box_ops
 
 from oln.detector.components import DetectorBase, no_autocast
+from oln.detector.roi_heads import RecipeRoIHeads
+from oln.detector.rpn import RecipeRPN, build_matcher, label_anchors, usable_anchors
 
 RPN_BOX_LOSS_WEIGHT = 10.0  # IoU loss weight of the OLN-RPN box branch (reference config)
 
@@ -129,21 +136,12 @@ class OLNRPNHead(nn.Module):
         return logits, distances
 
 
-def match_to_gt(anchors: Tensor, gt_boxes: Tensor, matcher: det_utils.Matcher) -> tuple[Tensor, Tensor]:
-    """Labels (1 fg, 0 bg, -1 ignore; float) and matched GT boxes for one image's anchors."""
-    if gt_boxes.numel() == 0:
-        return anchors.new_zeros(len(anchors)), torch.zeros_like(anchors)
-    matched = matcher(box_ops.box_iou(gt_boxes, anchors))
-    labels = (matched >= 0).to(anchors.dtype)
-    labels[matched == matcher.BETWEEN_THRESHOLDS] = -1.0
-    return labels, gt_boxes[matched.clamp(min=0)]
-
-
-class OLNRegionProposalNetwork(RegionProposalNetwork):
+class OLNRegionProposalNetwork(RecipeRPN):
     """RPN scored by predicted centerness; see the module docstring.
 
-    Extra args beyond RegionProposalNetwork's:
-        centerness_fg_iou_thresh / centerness_bg_iou_thresh: matcher of the centerness branch.
+    Extra args beyond RecipeRPN's:
+        centerness_fg_iou_thresh / centerness_bg_iou_thresh: matcher of the centerness branch
+            (its low-quality matches use the same `min_pos_iou` as the box branch, as in OLN).
         centerness_batch_size_per_image: anchors sampled per image for the centerness loss.
     `propose` returns the proposal scores too (the ROI head needs them); `forward`
     keeps torchvision's (boxes, losses) signature.
@@ -158,8 +156,8 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.centerness_matcher = det_utils.Matcher(
-            centerness_fg_iou_thresh, centerness_bg_iou_thresh, allow_low_quality_matches=True
+        self.centerness_matcher = build_matcher(
+            centerness_fg_iou_thresh, centerness_bg_iou_thresh, self.min_pos_iou
         )
         self.centerness_sampler = det_utils.BalancedPositiveNegativeSampler(
             centerness_batch_size_per_image, 1.0
@@ -182,7 +180,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            losses = self.oln_losses(logits.flatten(), distances, anchors, targets)
+            losses = self.oln_losses(logits.flatten(), distances, anchors, targets, images.image_sizes)
         return boxes, scores, losses
 
     def forward(self, images, features, targets=None):
@@ -190,21 +188,30 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         return boxes, losses
 
     def oln_losses(
-        self, logits: Tensor, distances: Tensor, anchors: list[Tensor], targets: list[dict]
+        self,
+        logits: Tensor,
+        distances: Tensor,
+        anchors: list[Tensor],
+        targets: list[dict],
+        image_sizes: list[tuple[int, int]],
     ) -> dict[str, Tensor]:
-        """Centerness L1 loss and box IoU loss over the images' concatenated anchors."""
+        """Centerness L1 loss and box IoU loss over the images' concatenated anchors.
+
+        Both are divided by the number of anchors the box branch sampled (OLN's avg_factor).
+        """
         all_anchors = torch.cat(anchors, dim=0)
         box_labels, box_gt, c_labels, c_gt = [], [], [], []
-        for anchors_i, target in zip(anchors, targets):
+        for anchors_i, target, size in zip(anchors, targets, image_sizes):
             gt = target["boxes"].to(anchors_i.dtype)
-            labels, matched = match_to_gt(anchors_i, gt, self.proposal_matcher)
+            usable = usable_anchors(anchors_i, size, self.allowed_border, self.size_divisible)
+            labels, matched = label_anchors(anchors_i, gt, self.proposal_matcher, usable)
             box_labels.append(labels)
             box_gt.append(matched)
-            labels, matched = match_to_gt(anchors_i, gt, self.centerness_matcher)
+            labels, matched = label_anchors(anchors_i, gt, self.centerness_matcher, usable)
             c_labels.append(labels)
             c_gt.append(matched)
 
-        # box branch: IoU loss on positives, normalised by all sampled anchors
+        # box branch: IoU loss on positives whose centre lies inside their GT
         pos, neg = self.fg_bg_sampler(box_labels)
         pos = torch.where(torch.cat(pos))[0]
         num_sampled = max(1, pos.numel() + int(torch.cat(neg).sum()))
@@ -221,7 +228,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         sampled = torch.cat([c_pos, c_neg])
         target = torch.cat([target_pos, target_pos.new_zeros(len(c_neg))])
         pred = torch.sigmoid(logits[sampled].float())
-        centerness_loss = (pred - target).abs().sum() / max(1, sampled.numel())
+        centerness_loss = (pred - target).abs().sum() / num_sampled
         return {"loss_rpn_centerness": centerness_loss, "loss_rpn_box_iou": RPN_BOX_LOSS_WEIGHT * box_loss}
 
 
@@ -243,16 +250,22 @@ class OLNBoxPredictor(nn.Module):
             return self.bbox_pred(x), self.iou_score(x).squeeze(1)
 
 
-class OLNRoIHeads(RoIHeads):
-    """torchvision RoIHeads with OLN's box-IoU scoring in place of classification."""
+class OLNRoIHeads(RecipeRoIHeads):
+    """ROI heads with OLN's box-IoU scoring in place of classification.
+
+    The box losses are OLN's L1 whatever `box_loss` says; the mask branch (OLN-Mask) is
+    `RecipeRoIHeads.mask_forward`.
+    """
 
     def forward(self, features, proposals, image_shapes, targets=None, proposal_scores=None):
         result: list[dict[str, Tensor]] = []
         losses: dict[str, Tensor] = {}
+        sampled = None
         if self.training:
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
                 proposals, targets
             )
+            sampled = (proposals, matched_idxs, labels)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         box_deltas, iou_logits = self.box_predictor(box_features)
 
@@ -264,26 +277,8 @@ class OLNRoIHeads(RoIHeads):
             if proposal_scores is None:
                 raise ValueError("OLN ROI heads need the RPN proposal scores at test time")
             result = self.postprocess_oln(box_deltas, iou_logits, proposals, proposal_scores, image_shapes)
-
         if self.has_mask():
-            if self.training:
-                positives = [torch.where(lab > 0)[0] for lab in labels]
-                mask_boxes = [p[i] for p, i in zip(proposals, positives)]
-                mask_matched = [m[i] for m, i in zip(matched_idxs, positives)]
-            else:
-                mask_boxes = [r["boxes"] for r in result]
-            mask_logits = self.mask_predictor(
-                self.mask_head(self.mask_roi_pool(features, mask_boxes, image_shapes))
-            )
-            if self.training:
-                gt_masks = [t["masks"] for t in targets]
-                gt_labels = [t["labels"] for t in targets]
-                losses["loss_mask"] = maskrcnn_loss(
-                    mask_logits, mask_boxes, gt_masks, gt_labels, mask_matched
-                )
-            else:
-                for probs, r in zip(maskrcnn_inference(mask_logits, [r["labels"] for r in result]), result):
-                    r["masks"] = probs
+            self.mask_forward(features, image_shapes, result, losses, sampled, targets)
         return result, losses
 
     def box_losses(

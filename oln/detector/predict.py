@@ -1,9 +1,8 @@
 """Batched inference of a trained detector over a COCO json's images -> COCO results json.
 
 Each detection becomes `{"image_id", "category_id": 1, "bbox": [x, y, w, h],
-"score"[, "segmentation": RLE][, "tower"]}` (masks pasted by torchvision,
-thresholded at `DetectorOptions.mask_threshold`, RLE counts as str; `tower` =
-"a" | "b" only for pooled two-tower output). Records are streamed to a
+"score"[, "segmentation": RLE]}` (masks pasted by torchvision, thresholded at
+`DetectorOptions.mask_threshold`, RLE counts as str). Records are streamed to a
 temporary file and renamed onto `out_json` at the end, so memory stays bounded
 with 1000 detections per image. Unreadable images are skipped with a warning
 and counted.
@@ -27,10 +26,9 @@ from oln.data.coco import UnreadableImage, load_image
 from oln.detector.model import DetectorOptions, build_detector
 from oln.engine import resolve_device
 from oln.io import atomic_path, encode_masks, read_json
+from oln.progress import Progress
 
 log = logging.getLogger(__name__)
-
-TOWER_NAMES = ("a", "b")  # `tower` index of pooled two-tower detections -> name
 
 
 @dataclass
@@ -42,30 +40,46 @@ class PredictOptions:
         num_workers: image-decoding worker processes.
         device: "auto" | "cpu" | "cuda" | "cuda:N".
         amp: bf16 autocast on CUDA (score/box layers stay float32).
-        tower: two_tower output "a" | "b" | "pooled" ("" = the option stored with the model).
         max_detections: detections per image (0 = the value stored with the model).
         masks: write `segmentation` when the model has a mask head.
+        max_skipped_fraction: fail (nothing written) when more than this share of the images
+            cannot be read, e.g. a wrong image root; fewer are skipped with a counted warning.
     """
 
     batch_size: int = 4
     num_workers: int = 2
     device: str = "auto"
     amp: bool = True
-    tower: str = ""
     max_detections: int = 0
     masks: bool = True
+    max_skipped_fraction: float = 0.5
+
+
+def check_skipped(num_skipped: int, num_images: int, max_fraction: float, image_root: str | os.PathLike,
+                  skipped: list[str]) -> None:
+    """Raise when more than `max_fraction` of the images were unreadable (names the root and a file)."""
+    if num_images and num_skipped / num_images > max_fraction:
+        raise ValueError(f"{num_skipped} of {num_images} images under {image_root} could not be read (more than "
+                         f"predict.max_skipped_fraction = {max_fraction}); first: {skipped[0]}")
+    if num_skipped:
+        log.warning("skipped %d of %d unreadable images under %s", num_skipped, num_images, image_root)
 
 
 def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a detector from model.pt (no weight files needed) in eval mode on `device`.
 
-    The loaded model has `.detector_options` (`DetectorOptions`) and `.meta` attached.
+    The loaded model has `.detector_options` (`DetectorOptions`) and `.meta` attached. A
+    two-tower model.pt holds its grouping detector too (`grouping_options` + its weights).
     """
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     options = DetectorOptions.from_dict(checkpoint["options"])
     options.backbone_weights = ""
     options.model_weights = ""
-    model = build_detector(options)
+    grouping = None
+    if options.arch == "two_tower":
+        grouping_options = DetectorOptions.from_dict(checkpoint["grouping_options"])
+        grouping = (build_detector(grouping_options), grouping_options)
+    model = build_detector(options, grouping)
     model.load_state_dict(checkpoint["state_dict"])
     model.detector_options = options
     model.meta = checkpoint.get("meta", {})
@@ -97,16 +111,12 @@ def _collate(batch):
 
 
 def detections_to_records(image_id: int, detections: dict, with_masks: bool) -> list[dict]:
-    """COCO result records of one image's detections (boxes xyxy -> xywh).
-
-    Pooled two-tower detections also get `tower` ("a" | "b"), the tower that produced them.
-    """
+    """COCO result records of one image's detections (boxes xyxy -> xywh)."""
     boxes = detections["boxes"].float().cpu().numpy()
     scores = detections["scores"].float().cpu().numpy()
     rles = None
     if with_masks and "masks" in detections:
         rles = encode_masks(detections["masks"][:, 0].cpu().numpy().astype(np.uint8))
-    towers = detections["tower"].cpu().numpy() if "tower" in detections else None
     records = []
     for k in range(len(boxes)):
         x0, y0, x1, y1 = (float(v) for v in boxes[k])
@@ -118,8 +128,6 @@ def detections_to_records(image_id: int, detections: dict, with_masks: bool) -> 
         }
         if rles is not None:
             record["segmentation"] = rles[k]
-        if towers is not None:
-            record["tower"] = TOWER_NAMES[int(towers[k])]
         records.append(record)
     return records
 
@@ -135,13 +143,11 @@ def predict(
 
     Returns:
         summary {"num_images", "num_skipped", "skipped", "num_detections", "seconds",
-        "images_per_second", "device", "tower", "masks"}.
+        "images_per_second", "device", "masks"}.
     """
     device = resolve_device(options.device)
     model = load_detector(model_path, device)
     det_options: DetectorOptions = model.detector_options
-    if options.tower and det_options.arch == "two_tower":
-        model.output_tower = options.tower
     if options.max_detections > 0:
         _set_max_detections(model, options.max_detections)
     with_masks = options.masks and det_options.has_masks
@@ -159,6 +165,7 @@ def predict(
     started = time.time()
     skipped: list[str] = []
     num_images = num_detections = 0
+    bar = Progress("predict", total=len(loader.dataset), unit="img")
     with atomic_path(out_json) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("[")
         first = True
@@ -168,6 +175,7 @@ def predict(
                 if img is None:
                     log.warning("skipping unreadable image: %s", err)
                     skipped.append(err)
+            bar.update(num_images + len(readable) + len(skipped))
             if not readable:
                 continue
             tensors = [img.to(device, non_blocking=True).float().div_(255.0) for _, img in readable]
@@ -179,7 +187,9 @@ def predict(
                     first = False
                     num_detections += 1
             num_images += len(readable)
+        check_skipped(len(skipped), len(loader.dataset), options.max_skipped_fraction, image_root, skipped)
         f.write("]\n")
+    bar.close()
     seconds = time.time() - started
     return {
         "num_images": num_images,
@@ -189,13 +199,12 @@ def predict(
         "seconds": seconds,
         "images_per_second": num_images / max(seconds, 1e-9),
         "device": str(device),
-        "tower": getattr(model, "output_tower", ""),
         "masks": with_masks,
     }
 
 
 def _set_max_detections(model: nn.Module, max_detections: int) -> None:
-    """Override the per-image detection cap of every ROI stage (and of the tower pooling)."""
+    """Override the per-image detection cap of every ROI stage (a two-tower model's two)."""
     for module in model.modules():
         if hasattr(module, "detections_per_img"):
             module.detections_per_img = max_detections

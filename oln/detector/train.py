@@ -9,7 +9,7 @@ random crop) from `oln.data.transforms`; scale augmentation is the detector
 transform's random shorter side (`DetectorOptions.train_min_sizes`), because
 the model resizes every image to a fixed shorter side anyway.
 
-Outputs in `out_dir`: `model.pt` {"state_dict", "options", "meta"} (atomic),
+Outputs in `out_dir`: `model.pt` {"state_dict", "options", "meta"[, "grouping_options"]} (atomic),
 `log.jsonl` and `checkpoints/` (written by the engine), `curve.png`.
 """
 
@@ -30,6 +30,14 @@ from oln.data.transforms import build_transforms, select_instances
 from oln.detector.model import DetectorOptions, build_detector
 from oln.io import read_json, save_torch
 from oln.plots import plot_curve
+from oln.schedule import resolve_schedule
+
+
+def default_detector_train() -> engine.TrainOptions:
+    """GGN's detector schedule: SGD 0.02, 8 epochs of 2 images per GPU (8 GPUs), steps after 6 and 7."""
+    return engine.TrainOptions(iterations=0, epochs=8, lr_step_epochs=[6, 7], batch_size=2, optimizer="sgd",
+                               lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_iters=500, schedule="step",
+                               checkpoint_every=2000, log_every=50)
 
 
 @dataclass
@@ -44,7 +52,7 @@ class DetectorTrainOptions:
     """
 
     detector: DetectorOptions = field(default_factory=DetectorOptions)
-    train: engine.TrainOptions = field(default_factory=engine.TrainOptions)
+    train: engine.TrainOptions = field(default_factory=lambda: default_detector_train())
     flip: bool = True
     crop_size: int = 0
 
@@ -53,7 +61,7 @@ class DetectorTargets:
     """Dataset transform: augmentation, then class-agnostic detector targets.
 
     Crowd instances are dropped, labels set to 1, boxes thinner than 1 px dropped;
-    `pseudo` is kept so the two-tower model can tell pseudo-GT apart.
+    `pseudo` is kept so pseudo-GT stays identifiable.
     """
 
     def __init__(self, flip: bool = True, crop_size: int = 0) -> None:
@@ -88,14 +96,20 @@ def build_train_dataset(
     use_pseudo: bool,
     flip: bool = True,
     crop_size: int = 0,
+    filter_empty_gt: bool = False,
 ) -> CocoInstances:
-    """The dataset the trainer iterates: seen-category GT (+ pseudo-GT when `use_pseudo`)."""
+    """The dataset the trainer iterates: seen-category GT (+ pseudo-GT when `use_pseudo`).
+
+    With `filter_empty_gt` only images holding an annotated (non-pseudo) seen object are
+    used, as in GGN (see `oln.data.filtering`).
+    """
     return CocoInstances(
         train_json,
         image_root,
         None if category_ids is None else list(category_ids),
         transform=DetectorTargets(flip, crop_size),
         include_pseudo=use_pseudo,
+        filter_empty_gt=filter_empty_gt,
     )
 
 
@@ -140,6 +154,7 @@ def train_detector(
     use_pseudo: bool,
     options: DetectorTrainOptions,
     out_dir: str | os.PathLike,
+    filter_empty_gt: bool = False,
 ) -> Path:
     """Train a detector and write `out_dir/model.pt` (+ log.jsonl, curve.png).
 
@@ -150,6 +165,7 @@ def train_detector(
         use_pseudo: also learn from the pseudo annotations.
         options: detector + engine settings.
         out_dir: output folder (resumes from its checkpoints).
+        filter_empty_gt: train only on images with an annotated seen object (GGN).
     Returns:
         path of model.pt.
     """
@@ -161,7 +177,7 @@ def train_detector(
             f"{train_json}: no training boxes left for categories {category_ids} (use_pseudo={use_pseudo})"
         )
     dataset = build_train_dataset(
-        train_json, image_root, category_ids, use_pseudo, options.flip, options.crop_size
+        train_json, image_root, category_ids, use_pseudo, options.flip, options.crop_size, filter_empty_gt
     )
     engine.seed_model_init(options.train.seed)
     model = build_detector(options.detector)
@@ -171,7 +187,7 @@ def train_detector(
         dataset,
         collate_list,
         detector_loss,
-        options.train,
+        resolve_schedule(options.train, len(dataset)),
         out_dir,
         desc=f"detector {options.detector.arch}",
     )
@@ -184,6 +200,8 @@ def train_detector(
             "category_ids": category_ids,
             "use_pseudo": use_pseudo,
             "num_skipped_images": dataset.num_skipped,
+            "num_training_images": len(dataset),
+            "filter_empty_gt": filter_empty_gt,
             "train_options": asdict(options.train),
             "flip": options.flip,
             "crop_size": options.crop_size,
@@ -191,7 +209,10 @@ def train_detector(
             "torch": torch.__version__,
         }
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        save_torch(model_path, {"state_dict": state, "options": options.detector.to_dict(), "meta": meta})
+        saved = {"state_dict": state, "options": options.detector.to_dict(), "meta": meta}
+        if hasattr(model, "grouping_options"):  # two_tower: rebuild its grouping tower without its file
+            saved["grouping_options"] = model.grouping_options.to_dict()
+        save_torch(model_path, saved)
         log_path = out_dir / "log.jsonl"
         if log_path.exists():
             plot_curve(log_path, out_dir / "curve.png",

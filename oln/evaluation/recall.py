@@ -41,18 +41,21 @@ and detections are never dropped for their category.
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from oln.evaluation.inputs import ImageInputs, load_detections, load_gt, prepare_inputs
+from oln.evaluation.inputs import ImageInputs, load_detections, load_gt, prepare_inputs, source_prefix
 from oln.evaluation.matching import compute_ious, found_counts, match_ranks
 from oln.io import write_json
+from oln.progress import Progress
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DETS = (1, 10, 20, 30, 50, 100, 300, 500, 1000, 1500)
 AUC_KS = (1, 10, 30, 50, 100, 300, 500, 1000)
@@ -76,7 +79,7 @@ class EvaluateOptions:
     iou_types: list[str] = field(default_factory=lambda: ["bbox", "segm"])
     max_dets: list[int] = field(default_factory=lambda: list(DEFAULT_MAX_DETS))
     num_workers: int = 0
-    seen_removal: str = "rematch"
+    seen_removal: str = "oln"
 
 
 def default_iou_thresholds() -> np.ndarray:
@@ -113,6 +116,8 @@ def evaluate_recall(
     iou_thrs: Sequence[float] | None = None,
     num_workers: int = 0,
     seen_removal: str = "rematch",
+    gt_name: str | os.PathLike | None = None,
+    detections_name: str | os.PathLike | None = None,
 ) -> dict:
     """Class-agnostic average recall of `detections` on the unseen objects of `gt`.
 
@@ -126,12 +131,20 @@ def evaluate_recall(
         iou_thrs: IoU thresholds averaged in AR (default 0.50:0.05:0.95).
         num_workers: processes over images; 0 = min(4, cpu count), 1 = in-process.
         seen_removal: `rematch` (default) or `oln` (see module docstring).
+        gt_name, detections_name: files named in errors and warnings when `gt` / `detections`
+            were loaded already (default: the paths given, nothing for in-memory inputs).
 
     Returns:
         Dict with `AR@{k}` per k, `AR_s@100`, `AR_m@100`, `AR_l@100` (None when the
         range has no evaluable GT), `AR@100_iou50`, `AR@100_iou75`, `AUC` (fractions),
         and `iou_type`, `protocol`, `seen_category_ids`, `num_images`, `num_gt`
-        (evaluable GT, all areas), `num_seen_gt`, `num_detections`, `max_dets`, `iou_thrs`.
+        (evaluable GT, all areas), `num_seen_gt`, `num_detections` (evaluated), `max_dets`,
+        `iou_thrs`, and `warnings` (what was dropped, e.g. detections on image ids not in `gt`).
+
+    Raises:
+        ValueError: naming the file and record of a broken detection or annotation (a
+            missing or non-finite score, a negative-size box, a mask of another size than
+            its image, ground truth on an image not in `images`; see `oln.evaluation.inputs`).
     """
     if seen_removal not in SEEN_REMOVAL_RULES:
         raise ValueError(f"seen_removal must be one of {SEEN_REMOVAL_RULES}, got {seen_removal!r}")
@@ -145,9 +158,13 @@ def evaluate_recall(
 
     gt_data = load_gt(gt)
     records = load_detections(detections)
-    inputs = prepare_inputs(gt_data, records, iou_type, set(seen), int(ks.max()))
+    inputs = prepare_inputs(gt_data, records, iou_type, set(seen), int(ks.max()),
+                            gt_prefix=source_prefix(gt if gt_name is None else gt_name),
+                            detections_prefix=source_prefix(detections if detections_name is None
+                                                            else detections_name))
     task = _Task(inputs.images, lane_thresholds, float(thresholds.min()), ks, seen_removal == "rematch")
-    found, num_gt = _run(task, _resolve_workers(num_workers))
+    found, num_gt = _run(task, _resolve_workers(num_workers), Progress(f"evaluate {iou_type}", len(inputs.images),
+                                                                       unit="img"))
     if num_gt[0] == 0:
         raise ValueError(
             f"no evaluable ground truth: {sum(len(i.gt_area) for i in inputs.images)} annotations in "
@@ -173,7 +190,7 @@ def evaluate_recall(
     result["AUC"] = ar_auc({k: mean_ar(0, k) for k in AUC_KS[1:]})
     result.update(num_images=len(inputs.images), num_gt=int(num_gt[0]), num_seen_gt=inputs.num_seen_gt,
                   num_detections=inputs.num_detections, max_dets=max_dets,
-                  iou_thrs=[float(t) for t in thresholds])
+                  iou_thrs=[float(t) for t in thresholds], warnings=inputs.warnings)
     return result
 
 
@@ -187,8 +204,9 @@ def evaluate_to_file(
 ) -> dict:
     """Evaluate one detections file and write `{iou_type: metrics}` to `out_json` atomically.
 
-    `segm` is skipped with a warning when no detection has a `segmentation`.
+    `segm` is skipped with a logged warning when no detection has a `segmentation`.
     `options` supplies max_dets, num_workers and seen_removal (its iou_types is not used).
+    Errors and warnings name the files (see `evaluate_recall`).
 
     Returns:
         The dict written.
@@ -199,12 +217,12 @@ def evaluate_to_file(
     results = {}
     for iou_type in iou_types:
         if iou_type == "segm" and records and not any("segmentation" in r for r in records):
-            warnings.warn(f"{detections_json}: detections have no 'segmentation'; segm evaluation skipped",
-                          stacklevel=2)
+            log.warning("%s: detections have no 'segmentation'; segm evaluation skipped", detections_json)
             continue
         results[iou_type] = evaluate_recall(gt_data, records, iou_type, seen_category_ids,
                                             max_dets=options.max_dets, num_workers=options.num_workers,
-                                            seen_removal=options.seen_removal)
+                                            seen_removal=options.seen_removal, gt_name=gt_json,
+                                            detections_name=detections_json)
     write_json(out_json, results, indent=2)
     return results
 
@@ -256,14 +274,16 @@ def _evaluate_image(task: _Task, image: ImageInputs) -> tuple[np.ndarray, np.nda
     return found_counts(ranks, task.ks), num_gt
 
 
-def _evaluate_chunk(indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _evaluate_chunk(indices: list[int], progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     task = _TASK
     found = np.zeros((len(_AREA_BOUNDS), len(task.thresholds), len(task.ks)), np.int64)
     num_gt = np.zeros(len(_AREA_BOUNDS), np.int64)
-    for i in indices:
+    for done, i in enumerate(indices, start=1):
         image_found, image_gt = _evaluate_image(task, task.images[i])
         found += image_found
         num_gt += image_gt
+        if progress is not None:
+            progress.update(done)
     return found, num_gt
 
 
@@ -271,8 +291,8 @@ def _resolve_workers(num_workers: int) -> int:
     return num_workers if num_workers > 0 else min(4, os.cpu_count() or 1)
 
 
-def _run(task: _Task, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sum per-image counts, in a pool of forked workers when it pays off."""
+def _run(task: _Task, num_workers: int, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    """Sum per-image counts, in a pool of forked workers when it pays off; `progress` counts images."""
     global _TASK
     num_images = len(task.images)
     parallel = (num_workers > 1 and num_images >= _PARALLEL_MIN_IMAGES
@@ -280,15 +300,18 @@ def _run(task: _Task, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
     _TASK = task
     try:
         if not parallel:
-            return _evaluate_chunk(list(range(num_images)))
+            return _evaluate_chunk(list(range(num_images)), progress)
         num_chunks = min(num_images, num_workers * 8)
         chunks = [list(range(c, num_images, num_chunks)) for c in range(num_chunks)]
         found = np.zeros((len(_AREA_BOUNDS), len(task.thresholds), len(task.ks)), np.int64)
         num_gt = np.zeros(len(_AREA_BOUNDS), np.int64)
         with multiprocessing.get_context("fork").Pool(num_workers) as pool:
-            for chunk_found, chunk_gt in pool.imap_unordered(_evaluate_chunk, chunks):
+            done = 0
+            for chunk, (chunk_found, chunk_gt) in zip(chunks, pool.imap_unordered(_evaluate_chunk, chunks)):
                 found += chunk_found
                 num_gt += chunk_gt
+                done += len(chunk)  # chunks finish out of order, but all chunks have about one size
+                progress.update(done)
         return found, num_gt
     finally:
         _TASK = None

@@ -29,6 +29,7 @@ from pycocotools import mask as mask_utils
 from oln.affinity.model import load_pa_model
 from oln.affinity.predict import predict_affinity
 from oln.data.coco import UnreadableImage, annotation_to_rle, load_image
+from oln.data.filtering import filter_training_images
 from oln.engine import resolve_device
 from oln.grouping import GroupingOptions, affinity_to_proposals
 from oln.io import append_jsonl, read_json, read_jsonl, write_json, write_text
@@ -167,6 +168,7 @@ def extract_shard(
     options: ExtractOptions | None,
     out_path: str | os.PathLike,
     gt_category_ids: list[int] | None = None,
+    filter_empty_gt: bool = False,
 ) -> dict:
     """Extract ranked pseudo masks for one shard of an image source.
 
@@ -180,6 +182,8 @@ def extract_shard(
         out_path: shard JSON {"records", "images", "image_root", "source", "stats"}; progress is
             kept in `out_path + ".partial.jsonl"` until the shard is complete.
         gt_category_ids: categories whose annotations count for `gt_iou` (seen classes); None = all.
+        filter_empty_gt: only images with an annotation of `gt_category_ids` (GGN trains its
+            detector on those images only, so pseudo masks elsewhere would never be used).
     Returns:
         stats: num_images, num_skipped, skipped_files, num_proposals, seconds (sum of per-image times).
     """
@@ -188,7 +192,10 @@ def extract_shard(
     if out_path.exists():
         return read_json(out_path)["stats"]
     data = read_json(images_json)
-    images = shard_images(data.get("images", []), shard, num_shards)
+    images = data.get("images", [])
+    if filter_empty_gt:
+        images = filter_training_images(images, data.get("annotations") or [], gt_category_ids, str(images_json))
+    images = shard_images(images, shard, num_shards)
     by_image: dict[int, list[dict]] = {}
     for ann in data.get("annotations") or []:
         by_image.setdefault(ann["image_id"], []).append(ann)

@@ -16,6 +16,7 @@ rule train_pa:
         dataset=section("dataset"),
         code=code_hash("oln/affinity", "oln/backbones.py", "oln/engine.py", "oln/data/coco.py", "oln/data/transforms.py"),
         image_root=DATA["train_images"],
+        filter_flag=FILTER_FLAG,
         out_dir=lambda wildcards, output: str(Path(output.model).parent),
         launcher=lambda wildcards, resources: launcher(resources),
     conda:
@@ -30,7 +31,7 @@ rule train_pa:
     shell:
         "OMP_NUM_THREADS={threads} exec {params.launcher} train-pa --params {params.section:q} --seen {params.seen:q} --unseen {params.unseen:q}"
         " --train-json {input.train} --image-root {params.image_root} --out-dir {params.out_dir}"
-        " --device {params.device} > {log} 2>&1"
+        " {params.filter_flag} --device {params.device} > {log} 2>&1"
 
 
 rule eval_pa:
@@ -41,7 +42,7 @@ rule eval_pa:
         metrics=f"{OUT}/pa/metrics.json",
         grid=report(f"{OUT}/pa/grid.png", caption="../report/pa_grid.rst", category="Pairwise affinity"),
     params:
-        seen=json.dumps(DATASET["seen"]),
+        seen=EVAL_SEEN,
         unseen=json.dumps(DATASET["unseen"]),
         device=config["device"],
         section=section("pa_eval"),

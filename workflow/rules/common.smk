@@ -1,23 +1,37 @@
 # Shared helpers: config validation (schema defaults), output paths, stage params.
 import hashlib
 import json
+import os
+import shlex
 import signal
+import sys
 from pathlib import Path
 
-from oln.config import deep_merge, validate_config
+from oln.config import coerce_config_strings, deep_merge, validate_config
+from snakemake.utils import update_config
 
 # Slurm sends SIGUSR1 (--signal=USR1@T) to the whole job before its time limit: Snakemake
 # inside the job must survive it so the training process (which checkpoints on it) is
 # waited for and its non-zero exit is reported; see docs/cluster.md.
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
+# `--config` values arrive as strings below the top level: read them as the schema's types.
+update_config(config, coerce_config_strings(workflow.config_settings.overwrite_config or {}))
 # Validate once with the project schema (fills every default, names a bad key).
 _validated = validate_config(config)
 config.clear()
 config.update(_validated)
 
+# The command line that built the DAG, for results/<experiment>/provenance.json: set once in
+# the process the user started; jobs (local or submitted to Slurm) inherit the variable.
+os.environ.setdefault("OLN_SNAKEMAKE_COMMAND", shlex.join(sys.argv))
+
 OUT = f"results/{config['experiment']}"
 DATASET = config["dataset"]
+# GGN trains PA and detectors (and so extracts pseudo-GT) on images with seen-class GT only.
+FILTER_FLAG = "--filter-empty-gt" if DATASET["filter_empty_gt"] else "--no-filter-empty-gt"
+# Categories treated as seen where the val set is evaluated (cross-dataset settings: none).
+EVAL_SEEN = json.dumps(DATASET["seen"] if DATASET["eval_seen"] is None else DATASET["eval_seen"])
 SYNTHETIC = DATASET["kind"] == "synthetic"
 REPO = Path(workflow.basedir)
 
@@ -73,6 +87,7 @@ def resources_of(rule_name):
 def all_targets():
     """Every final output of the experiment (rule all)."""
     return [
+        f"{OUT}/config.yaml",
         f"{OUT}/data/summary.json",
         f"{OUT}/data/preview.png",
         f"{OUT}/pa/metrics.json",
@@ -91,10 +106,12 @@ def threads_of(rule_name, default):
 
 
 def launcher(resources):
-    """`oln` for one process, `torchrun ... -m oln.cli` for one process per GPU of the job."""
+    """`oln` for one process; for a multi-GPU job `python -m oln.launch`, which starts one process
+    per GPU the job really has (torchrun), so a workstation with fewer GPUs than
+    `resources.<rule>.gpus` (or none) still runs the stage, with a warning."""
     gpus = int(resources.get("gpu", 0) or 0)
     if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node={gpus} -m oln.cli"
+        return f"python -m oln.launch --gpus {gpus} --"
     return "oln"
 
 
@@ -127,22 +144,27 @@ def pseudo_shards():
 
 
 def detector_runs():
-    """Each run of detector.runs deep-merged over detector.defaults."""
-    return {name: deep_merge(config["detector"]["defaults"], run) for name, run in config["detector"]["runs"].items()}
+    """Each run of detector.runs deep-merged over detector.defaults; a two_tower run's
+    `grouping_run` must name another run that is not two_tower (its grouping tower)."""
+    runs = {name: deep_merge(config["detector"]["defaults"], run) for name, run in config["detector"]["runs"].items()}
+    for name, run in runs.items():
+        two_tower = run.get("detector", {}).get("arch") == "two_tower"
+        grouping = run.get("grouping_run")
+        if not two_tower and grouping is not None:
+            raise ValueError(f"detector.runs.{name}.grouping_run is only for arch two_tower")
+        if two_tower and (grouping not in runs or grouping == name
+                          or runs[grouping].get("detector", {}).get("arch") == "two_tower"):
+            raise ValueError(f"detector.runs.{name}.grouping_run must name another run that is not two_tower "
+                             f"(runs: {sorted(runs)}), got {grouping!r}")
+    return runs
 
 
 RUNS = detector_runs()
 
 
 def evaluation_names():
-    """Evaluation name -> predictions file under detector/: runs, plus towers A/B of two-tower runs."""
-    names = {}
-    for name, run in RUNS.items():
-        names[name] = f"{name}/predictions.json"
-        if run.get("detector", {}).get("arch") == "two_tower":
-            names[f"{name}_a"] = f"{name}/predictions_a.json"
-            names[f"{name}_b"] = f"{name}/predictions_b.json"
-    return names
+    """Evaluation name -> predictions file under detector/: one per run."""
+    return {name: f"{name}/predictions.json" for name in RUNS}
 
 
 EVALS = evaluation_names()
@@ -154,7 +176,7 @@ def detector_train_json(wildcards):
 
 
 def eval_detections(wildcards):
-    """Predictions behind an evaluation name: a run, a two-tower tower (`run_a`), or PA proposals."""
+    """Predictions behind an evaluation name: a run, or PA proposals."""
     if wildcards.name == "pa_proposals":
         return f"{OUT}/pseudo/val_proposals.json"
     return f"{OUT}/detector/{EVALS[wildcards.name]}"

@@ -1,4 +1,24 @@
-# Data stage: the synthetic open-world dataset (or the configured COCO files) and its summary.
+# Data stage: the resolved config and provenance, the synthetic open-world dataset (or the
+# configured COCO files) and its summary.
+
+
+rule record_config:
+    output:
+        config=f"{OUT}/config.yaml",
+        provenance=f"{OUT}/provenance.json",
+    params:
+        resolved=json.dumps(config, sort_keys=True),
+        code=code_hash("oln/provenance.py", "oln/commands/provenance.py", "oln/config.py"),
+        out_dir=OUT,
+    conda:
+        "../../envs/oln.yaml"
+    log:
+        f"{OUT}/logs/record_config.log",
+    resources:
+        **resources_of("record_config"),
+    shell:
+        "exec oln record-config --resolved {params.resolved:q} --out-dir {params.out_dir} --repo {workflow.basedir:q}"
+        " > {log} 2>&1"
 
 
 rule synthesize:

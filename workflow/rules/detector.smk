@@ -1,10 +1,18 @@
 # Class-agnostic detectors: one training per run in detector.runs (baseline: seen GT
-# only; ggn: seen GT + pseudo-GT; ...), then predictions on the val split.
+# only; ggn: seen GT + pseudo-GT; ...), then predictions on the val split. A two_tower run
+# trains on top of its grouping run's model.pt (`grouping_run`).
+
+
+def grouping_model_of(wildcards):
+    """The grouping run's model.pt for a two_tower run (its grouping tower), else nothing."""
+    grouping = RUNS[wildcards.run].get("grouping_run")
+    return f"{OUT}/detector/{grouping}/model.pt" if grouping else []
 
 
 rule train_detector:
     input:
         train=detector_train_json,
+        grouping=grouping_model_of,
     output:
         model=f"{OUT}/detector/{{run}}/model.pt",
         log_jsonl=f"{OUT}/detector/{{run}}/log.jsonl",
@@ -18,6 +26,8 @@ rule train_detector:
         dataset=section("dataset"),
         code=code_hash("oln/detector", "oln/backbones.py", "oln/engine.py", "oln/data/coco.py", "oln/data/transforms.py"),
         image_root=lambda wildcards: DATA["train_images"],
+        filter_flag=FILTER_FLAG,
+        grouping=lambda wildcards, input: f"--grouping-model {input.grouping}" if input.grouping else "",
         out_dir=lambda wildcards, output: str(Path(output.model).parent),
         launcher=lambda wildcards, resources: launcher(resources),
     conda:
@@ -32,7 +42,7 @@ rule train_detector:
     shell:
         "OMP_NUM_THREADS={threads} exec {params.launcher} train-detector --params {params.run:q} --seen {params.seen:q} --unseen {params.unseen:q}"
         " --train-json {input.train} --image-root {params.image_root} --out-dir {params.out_dir}"
-        " --device {params.device} > {log} 2>&1"
+        " {params.filter_flag} {params.grouping} --device {params.device} > {log} 2>&1"
 
 
 rule predict:
@@ -40,25 +50,22 @@ rule predict:
         model=rules.train_detector.output.model,
         images=DATA["val_json"],
     output:
-        f"{OUT}/detector/{{run}}/predictions{{tower}}.json",
-    wildcard_constraints:
-        tower="|_a|_b",
+        f"{OUT}/detector/{{run}}/predictions.json",
     params:
         device=config["device"],
         section=section("predict"),
         code=code_hash("oln/backbones.py", "oln/detector", "oln/data/coco.py"),
         image_root=DATA["val_images"],
-        tower=lambda wildcards: f"--tower {wildcards.tower[1:]}" if wildcards.tower else "",
     conda:
         "../../envs/oln.yaml"
     log:
-        f"{OUT}/logs/predict/{{run}}{{tower}}.log",
+        f"{OUT}/logs/predict/{{run}}.log",
     benchmark:
-        f"{OUT}/benchmarks/predict/{{run}}{{tower}}.tsv"
+        f"{OUT}/benchmarks/predict/{{run}}.tsv"
     threads: threads_of("predict", 8)
     resources:
         **resources_of("predict"),
     shell:
-        "OMP_NUM_THREADS={threads} exec oln predict --params {params.section:q} {params.tower}"
+        "OMP_NUM_THREADS={threads} exec oln predict --params {params.section:q}"
         " --model {input.model} --images-json {input.images} --image-root {params.image_root}"
         " --out {output} --device {params.device} > {log} 2>&1"

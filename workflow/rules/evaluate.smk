@@ -8,7 +8,7 @@ rule evaluate:
     output:
         f"{OUT}/eval/{{name}}.json",
     params:
-        seen=json.dumps(DATASET["seen"]),
+        seen=EVAL_SEEN,
         unseen=json.dumps(DATASET["unseen"]),
         section=section("evaluate"),
         dataset=section("dataset"),

@@ -33,6 +33,7 @@ rule extract_pseudo:
         dataset=section("dataset"),
         code=code_hash("oln/backbones.py", "oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
         image_root=lambda wildcards: SOURCES[wildcards.source]["images"],
+        filter_flag=lambda wildcards: FILTER_FLAG if wildcards.source == "train" else "--no-filter-empty-gt",
     conda:
         "../../envs/oln.yaml"
     log:
@@ -46,7 +47,7 @@ rule extract_pseudo:
         "OMP_NUM_THREADS=1 exec oln extract --params {params.section:q} --seen {params.seen:q} --unseen {params.unseen:q}"
         " --model {input.model} --images-json {input.images} --image-root {params.image_root:q}"
         " --source {wildcards.source} --shard {wildcards.shard} --num-shards {wildcards.num_shards}"
-        " --workers {threads} --out {output} --device {params.device} > {log} 2>&1"
+        " --workers {threads} --out {output} {params.filter_flag} --device {params.device} > {log} 2>&1"
 
 
 rule merge_pseudo:
@@ -87,7 +88,7 @@ rule pa_proposals:
     output:
         f"{OUT}/pseudo/val_proposals.json",
     params:
-        seen=json.dumps(DATASET["seen"]),
+        seen=EVAL_SEEN,
         unseen=json.dumps(DATASET["unseen"]),
         device=config["device"],
         section=section("extract"),
@@ -106,5 +107,5 @@ rule pa_proposals:
     shell:
         "OMP_NUM_THREADS=1 exec oln extract --params {params.section:q} --seen {params.seen:q} --unseen {params.unseen:q} --proposals"
         " --model {input.model} --images-json {input.images} --image-root {params.image_root}"
-        " --source val --shard 0 --num-shards 1 --workers {threads} --out {output}"
+        " --source val --shard 0 --num-shards 1 --workers {threads} --out {output} --no-filter-empty-gt"
         " --device {params.device} > {log} 2>&1"

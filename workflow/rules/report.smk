@@ -19,7 +19,7 @@ rule report:
         comparison=report(f"{OUT}/plots/baseline_vs_ggn.png", caption="../report/comparison.rst",
                           category="Summary"),
     params:
-        seen=json.dumps(DATASET["seen"]),
+        seen=EVAL_SEEN,
         unseen=json.dumps(DATASET["unseen"]),
         section=section("report"),
         dataset=section("dataset"),
