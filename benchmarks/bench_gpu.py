@@ -63,13 +63,14 @@ from oln.affinity.model import PAModelOptions, build_pa_model, load_pa_model, sa
 from oln.affinity.predict import predict_affinity  # noqa: E402
 from oln.affinity.targets import num_affinity_channels  # noqa: E402
 from oln.affinity.train import PATargetOptions, PATrainOptions, make_loss_fn, model_meta  # noqa: E402
+from oln.checkpoints import save_torch  # noqa: E402
 from oln.data.coco import collate_list  # noqa: E402
 from oln.detector.model import DetectorOptions, build_detector  # noqa: E402
 from oln.detector.predict import PredictOptions, load_detector, predict  # noqa: E402
 from oln.detector.train import detector_loss, detector_target  # noqa: E402
 from oln.evaluation import evaluate_recall  # noqa: E402
 from oln.grouping import affinity_to_proposals  # noqa: E402
-from oln.io import read_jsonl, save_torch, write_json  # noqa: E402
+from oln.io import read_jsonl, write_json  # noqa: E402
 from oln.pseudo.extract import ExtractOptions, extract_shard  # noqa: E402
 
 PARTS = ("pa_train", "detector_train", "predict", "extract", "evaluate", "dag")

@@ -12,7 +12,10 @@ lock on `<out-dir>/.oln.lock` while it runs, so a second run into the same
 folder fails at once instead of interleaving with the first. Clear errors
 (bad config, missing input, locked folder, full disk) end with one
 `oln <command>: error: ...` line and exit status 2 (1 for a locked folder or a
-full disk); `-v` adds the traceback.
+full disk); `-v` adds the traceback. Only the command's result goes to stdout, as JSON.
+
+The commands live in `oln/commands/`, one module per command; this module imports
+them (they never import it) and dispatches.
 """
 
 from __future__ import annotations
@@ -24,15 +27,30 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from oln import __version__
-from oln.config import ConfigError, load_config, parse_override, validate_config
+from oln.commands import (  # noqa: F401  (importing a command module registers it)
+    eval_pa,
+    evaluate,
+    extract,
+    index_folder,
+    make_coco_standin,
+    merge,
+    plot_curve,
+    predict,
+    record_config,
+    report,
+    summarize_data,
+    synthesize,
+    train_detector,
+    train_pa,
+)
+from oln.commands.registry import COMMANDS
+from oln.config import ConfigError
+from oln.io import remove_stale_temp_files
 
 log = logging.getLogger("oln")
 LOCK_NAME = ".oln.lock"
@@ -40,73 +58,6 @@ LOCK_NAME = ".oln.lock"
 
 class OutputLockedError(RuntimeError):
     """Another process holds the lock of an output folder."""
-
-@dataclass
-class Command:
-    """A subcommand: its handler, help, config section (None: no config) and path arguments."""
-
-    func: Callable[[argparse.Namespace], Any]
-    help: str
-    section: str | None
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str, help_text: str, section: str | None, arguments: Callable[[argparse.ArgumentParser], None]):
-    """Register a subcommand handler (see oln/commands/)."""
-
-    def register(func: Callable[[argparse.Namespace], Any]):
-        COMMANDS[name] = Command(func, help_text, section, arguments)
-        return func
-
-    return register
-
-
-def config_of(args: argparse.Namespace) -> dict:
-    """The validated config: from --params (one section as JSON) or --config/--set."""
-    if getattr(args, "params", None):
-        try:
-            section = json.loads(args.params)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--params is not valid JSON ({err})") from err
-        return validate_config({args.section: section})
-    path = Path(args.config)
-    if path.is_dir():
-        raise ConfigError(f"--config {path} is a directory; give a YAML file (e.g. {path / 'config.yaml'})")
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    overrides = dict(parse_override(text) for text in args.set or [])
-    check_overrides(path, overrides)
-    return load_config(path, overrides)
-
-
-def check_overrides(path: Path, overrides: dict[str, Any]) -> None:
-    """Refuse `--set a.b=v` when `a` holds a value (not a section) in the config file.
-
-    Raises:
-        ConfigError: naming the override and the key that is not a section.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
-    except yaml.YAMLError:
-        return  # load_config reports invalid YAML
-    for dotted, value in overrides.items():
-        *parents, last = dotted.split(".")
-        node = config
-        for depth, key in enumerate(parents):
-            if not isinstance(node, dict):
-                break
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                parent = ".".join(parents[: depth + 1])
-                raise ConfigError(f"--set {dotted}={value}: {parent} is a value ({child!r}), not a section, "
-                                  f"so it has no key '{'.'.join(dotted.split('.')[depth + 1:])}'")
-            node = child
-        if isinstance(node, dict):
-            node[last] = value
 
 
 @contextlib.contextmanager
@@ -136,15 +87,8 @@ def lock_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def section_of(args: argparse.Namespace) -> dict:
-    """The validated config section of this subcommand."""
-    return config_of(args)[args.section]
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `oln` argument parser with every registered subcommand."""
-    import oln.commands  # noqa: F401  (registers the subcommands)
-
     parser = argparse.ArgumentParser(prog="oln", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks of errors)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
@@ -195,8 +139,6 @@ def _run(args: argparse.Namespace) -> Any:
     Temporary files that a killed earlier run left for this run's output files (`--out*`)
     are removed first; training removes those of its whole output folder itself.
     """
-    from oln.io import remove_stale_temp_files
-
     if os.environ.get("RANK", "0") != "0":
         return args.func(args)
     for name, value in vars(args).items():
@@ -227,7 +169,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # `python -m oln.cli`: the subcommands register in the imported oln.cli
-    from oln.cli import main as package_main
-
-    sys.exit(package_main())
+if __name__ == "__main__":  # `python -m oln.cli` (the multi-GPU launcher runs this)
+    sys.exit(main())

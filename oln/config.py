@@ -22,6 +22,16 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+#: Keys of a section that are not fields of its stage's options dataclass: the workflow's
+#: (image sources, shard count) and the budget of GGN's PA proposals (see `extract_settings`).
+NON_OPTION_KEYS: dict[str, tuple[str, ...]] = {"extract": ("sources", "num_shards", "proposals_top_k")}
+#: Keys that only set parallelism: a stage's outputs are the same for any value, so a rule
+#: leaves them out of its tracked params (editing one re-runs nothing; see `tracked_settings`).
+OUTPUT_NEUTRAL_KEYS: dict[str, tuple[str, ...]] = {
+    "extract": ("num_workers",),  # grouping processes; images are written in order
+    "predict": ("num_workers",),  # image-decoding processes; the loader keeps the order
+    "evaluate": ("num_workers",),  # processes over images; integer counts are summed
+}
 
 T = TypeVar("T")
 
@@ -102,17 +112,53 @@ def run_schema(schema: Mapping[str, Any]) -> dict:
     return merged
 
 
+def merged_runs(detector: Mapping[str, Any]) -> dict[str, dict]:
+    """Each run of the `detector` section deep-merged over its `defaults`: the runs as trained."""
+    return {name: deep_merge(detector.get("defaults", {}), run) for name, run in detector.get("runs", {}).items()}
+
+
 def _run_errors(filled: dict, schema: Mapping[str, Any]) -> list[str]:
     """Every detector run validated in full, as it will be trained (defaults + run)."""
     validator = jsonschema.Draft7Validator(run_schema(schema))
-    detector = filled.get("detector", {})
     messages = []
-    for name, run in detector.get("runs", {}).items():
-        merged = deep_merge(detector.get("defaults", {}), run)
-        prefix = f"detector.runs.{name}"
-        messages += [_describe(e, prefix) for e in sorted(validator.iter_errors(merged), key=lambda e: list(e.path))]
-        messages += _schedule_errors(merged.get("train"), prefix)
+    for name, merged in merged_runs(filled.get("detector", {})).items():
+        messages += _merged_run_errors(validator, merged, f"detector.runs.{name}")
     return messages
+
+
+def _merged_run_errors(validator: jsonschema.Validator, merged: Mapping[str, Any], prefix: str) -> list[str]:
+    messages = [_describe(e, prefix) for e in sorted(validator.iter_errors(merged), key=lambda e: list(e.path))]
+    return messages + _schedule_errors(merged.get("train"), prefix)
+
+
+def validate_run(merged: Mapping[str, Any], name: str = "run") -> dict:
+    """Check one detector run already merged over `detector.defaults` (as `merged_runs` gives it).
+
+    Raises:
+        ConfigError: naming every invalid key as `detector.runs.<name>.<key>`.
+    """
+    validator = jsonschema.Draft7Validator(run_schema(load_schema()))
+    messages = _merged_run_errors(validator, merged, f"detector.runs.{name}")
+    if messages:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
+    return dict(merged)
+
+
+def tracked_settings(section: str, values: Mapping[str, Any]) -> dict:
+    """`values` of config `section` without its `OUTPUT_NEUTRAL_KEYS`: what a rule's params track."""
+    neutral = OUTPUT_NEUTRAL_KEYS.get(section, ())
+    return {key: value for key, value in values.items() if key not in neutral}
+
+
+def extract_settings(extract: Mapping[str, Any], proposals: bool = False) -> dict:
+    """The keys of the extract section that one extraction reads.
+
+    A pseudo-GT shard reads every key but `proposals_top_k`; GGN's PA proposals
+    (`proposals`) read every key but `top_k` (they keep up to `proposals_top_k` masks per
+    image). The workflow's keys (`sources`, `num_shards`) are left out.
+    """
+    unread = set(NON_OPTION_KEYS["extract"]) - {"proposals_top_k"} | {"top_k" if proposals else "proposals_top_k"}
+    return {key: copy.deepcopy(value) for key, value in extract.items() if key not in unread}
 
 
 def _schedule_errors(train: Mapping[str, Any] | None, section: str) -> list[str]:

@@ -41,7 +41,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from oln.io import append_jsonl, read_jsonl, remove_stale_temp_files, save_torch, write_text
+from oln.checkpoints import save_torch
+from oln.io import append_jsonl, read_jsonl, remove_stale_temp_files, write_text
 from oln.preemption import EXIT_CODES, StopFlag
 from oln.progress import Progress
 
@@ -287,6 +288,35 @@ def _json_line(record: dict) -> str:
     return json.dumps(record) + "\n"
 
 
+@dataclass
+class _Run:
+    """State of one training run, shared by the steps of `train`.
+
+    Attributes:
+        model: what `loss_fn` is called with (the DDP wrapper under torchrun).
+        raw_model: the unwrapped model (saved in checkpoints, returned).
+        start_iter: iteration the run starts (or resumes) at.
+        skipped: steps skipped for a non-finite loss so far.
+        history: the JSONL log records so far (rank 0; kept in every checkpoint).
+    """
+
+    options: TrainOptions
+    desc: str
+    rank: int
+    world_size: int
+    device: torch.device
+    use_amp: bool
+    model: nn.Module
+    raw_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ckpt_path: Path
+    log_path: Path
+    start_iter: int
+    skipped: int
+    history: list[dict]
+
+
 def train(
     model: nn.Module,
     dataset: Dataset,
@@ -314,13 +344,33 @@ def train(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoints" / CHECKPOINT_NAME
-    log_path = out_dir / "log.jsonl"
     rank, world_size, device, created_group = _dist_setup(options.device)
-    use_amp = options.amp and device.type == "cuda"
     if len(dataset) == 0:
         raise ValueError("empty training dataset")
+    run = _start_run(model, options, out_dir, desc, rank, world_size, device)
+    sampler = IterationBatchSampler(options.seed, run.start_iter, options.iterations, options.batch_size,
+                                    len(dataset), rank, world_size)
+    loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, collate_fn=collate_fn,
+                        num_workers=options.num_workers, pin_memory=device.type == "cuda")
+    stop = StopFlag()
+    stop.install()
+    run.model.train()
+    try:
+        if run.start_iter < options.iterations:
+            _train_loop(run, loader, loss_fn, stop)
+        return run.raw_model.eval()
+    finally:
+        stop.restore()
+        if created_group and dist.is_initialized():
+            dist.destroy_process_group()
 
+
+def _start_run(model: nn.Module, options: TrainOptions, out_dir: Path, desc: str, rank: int, world_size: int,
+               device: torch.device) -> _Run:
+    """Seed, move `model` to `device`, build optimiser and schedule, resume from a checkpoint, wrap in DDP."""
+    ckpt_path = out_dir / "checkpoints" / CHECKPOINT_NAME
+    log_path = out_dir / "log.jsonl"
+    use_amp = options.amp and device.type == "cuda"
     torch.manual_seed(mix_seed(options.seed, -1, rank))
     model.to(device)
     if use_amp:
@@ -334,92 +384,120 @@ def train(
     if rank == 0 and ckpt_path.exists():
         log.info("%s: resuming from %s at iteration %d", desc, ckpt_path, start_iter)
     history = _restore_log(log_path, saved_log, start_iter) if rank == 0 else []
+    train_model = _wrap_ddp(model, device, world_size)
+    return _Run(options=options, desc=desc, rank=rank, world_size=world_size, device=device, use_amp=use_amp,
+                model=train_model, raw_model=train_model.module if world_size > 1 else train_model,
+                optimizer=optimizer, scheduler=scheduler, ckpt_path=ckpt_path, log_path=log_path,
+                start_iter=start_iter, skipped=skipped, history=history)
 
-    train_model: nn.Module = model
-    if world_size > 1:
-        if device.type == "cuda":
-            train_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        train_model = nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    raw_model = train_model.module if world_size > 1 else train_model
 
-    def save_checkpoint(iteration: int) -> None:
-        if rank != 0:
-            return
-        save_torch(ckpt_path, {
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": None,  # bf16 autocast needs no gradient scaler
-            "rng": _rng_states(),
-            "iteration": iteration,
-            "skipped_steps": skipped,
-            "options": asdict(options),
-            "log": history,  # the JSONL records up to `iteration`, restored on resume
-        })
+def _wrap_ddp(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """`model` in DistributedDataParallel (SyncBatchNorm on CUDA) when there are several processes."""
+    if world_size <= 1:
+        return model
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = IterationBatchSampler(options.seed, start_iter, options.iterations, options.batch_size,
-                                    len(dataset), rank, world_size)
-    loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, collate_fn=collate_fn,
-                        num_workers=options.num_workers, pin_memory=device.type == "cuda")
-    stop = StopFlag()
-    stop.install()
-    progress = Progress(desc, options.iterations, start_iter, enabled=rank == 0)
+
+def _train_loop(run: _Run, loader: DataLoader, loss_fn: LossFn, stop: StopFlag) -> None:
+    """Iterations `run.start_iter` .. `options.iterations`: step, log, report progress, checkpoint."""
+    options = run.options
+    progress = Progress(run.desc, options.iterations, run.start_iter, enabled=run.rank == 0)
     window: dict[str, list[float]] = {}
-    train_model.train()
-    try:
-        if start_iter >= options.iterations:
-            return raw_model.eval()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        loader_iter = iter(loader)
-        t_end = time.perf_counter()
-        for it in range(start_iter, options.iterations):
-            batch = next(loader_iter)
-            t_data = time.perf_counter()
-            torch.manual_seed(mix_seed(options.seed, it, rank))
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                losses = loss_fn(train_model, batch, device)
-            loss = sum(v.float() for v in losses.values())
-            finite = _all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, device, world_size) == 0
-            optimizer.zero_grad(set_to_none=True)
-            if finite:
-                loss.backward()
-                if options.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(train_model.parameters(), options.grad_clip)
-                optimizer.step()
-            else:
-                skipped += 1
-                log.warning("%s: non-finite loss at iteration %d; step skipped", desc, it + 1)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            done = it + 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t_now = time.perf_counter()
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            values.update(loss=float(loss.detach()), iter_time=t_now - t_end, data_time=t_data - t_end)
-            for k, v in values.items():
-                window.setdefault(k, []).append(v)
-            t_end = t_now
-            if rank == 0 and (done % options.log_every == 0 or done == options.iterations):
-                record = {"iter": done, **{k: float(np.mean(v)) for k, v in window.items()}, "lr": lr,
-                          "max_mem_mb": _max_mem_mb(device), "skipped_steps": skipped}
-                append_jsonl(log_path, record)
-                history.append(record)
-                window = {}
-            progress.update(done, f"loss {values['loss']:.4f} lr {lr:.2e}")
-            stop_now = _all_reduce_max(float(stop.signum or 0), device, world_size)
-            if done % options.checkpoint_every == 0 or done == options.iterations or stop_now:
-                save_checkpoint(done)
-            if stop_now:
-                signum = signal.Signals(int(stop_now))
-                log.warning("%s: received %s; checkpoint at iteration %d written", desc, signum.name, done)
-                raise SystemExit(EXIT_CODES.get(signum, 1))
-        progress.close()
-        return raw_model.eval()
-    finally:
-        stop.restore()
-        if created_group and dist.is_initialized():
-            dist.destroy_process_group()
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    loader_iter = iter(loader)
+    t_end = time.perf_counter()
+    for it in range(run.start_iter, options.iterations):
+        batch = next(loader_iter)
+        t_data = time.perf_counter()
+        losses, loss, lr = _train_step(run, loss_fn, batch, it)
+        t_now = time.perf_counter()
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        values.update(loss=float(loss.detach()), iter_time=t_now - t_end, data_time=t_data - t_end)
+        t_end = t_now
+        done = it + 1
+        window = _log_window(run, window, values, done, lr)
+        progress.update(done, f"loss {values['loss']:.4f} lr {lr:.2e}")
+        _checkpoint_or_stop(run, stop, done)
+    progress.close()
+
+
+def _train_step(run: _Run, loss_fn: LossFn, batch: Any, iteration: int) -> tuple[dict, torch.Tensor, float]:
+    """One optimiser step on `batch`; skipped (and counted) when the loss is not finite on some rank.
+
+    Returns:
+        (the loss terms, their sum, the learning rate the step used).
+    """
+    torch.manual_seed(mix_seed(run.options.seed, iteration, run.rank))
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=run.use_amp):
+        losses = loss_fn(run.model, batch, run.device)
+    loss = sum(v.float() for v in losses.values())
+    finite = _all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, run.device, run.world_size) == 0
+    run.optimizer.zero_grad(set_to_none=True)
+    if finite:
+        loss.backward()
+        if run.options.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.options.grad_clip)
+        run.optimizer.step()
+    else:
+        run.skipped += 1
+        log.warning("%s: non-finite loss at iteration %d; step skipped", run.desc, iteration + 1)
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    return losses, loss, lr
+
+
+def _log_window(run: _Run, window: dict[str, list[float]], values: dict[str, float], done: int,
+                lr: float) -> dict[str, list[float]]:
+    """Add `values` to `window`; every `log_every` iterations (and at the end) append their means
+    to the JSONL log (rank 0) and start a new window.
+
+    Returns:
+        the window to keep adding to.
+    """
+    for k, v in values.items():
+        window.setdefault(k, []).append(v)
+    if done % run.options.log_every != 0 and done != run.options.iterations:
+        return window
+    if run.rank == 0:
+        record = {"iter": done, **{k: float(np.mean(v)) for k, v in window.items()}, "lr": lr,
+                  "max_mem_mb": _max_mem_mb(run.device), "skipped_steps": run.skipped}
+        append_jsonl(run.log_path, record)
+        run.history.append(record)
+    return {}
+
+
+def _checkpoint_or_stop(run: _Run, stop: StopFlag, done: int) -> None:
+    """Write a checkpoint when one is due or a stop signal came (on any rank); then exit on a signal.
+
+    Raises:
+        SystemExit: with the signal's exit code (see `oln.preemption.EXIT_CODES`).
+    """
+    stop_now = _all_reduce_max(float(stop.signum or 0), run.device, run.world_size)
+    if done % run.options.checkpoint_every == 0 or done == run.options.iterations or stop_now:
+        _save_checkpoint(run, done)
+    if stop_now:
+        signum = signal.Signals(int(stop_now))
+        log.warning("%s: received %s; checkpoint at iteration %d written", run.desc, signum.name, done)
+        raise SystemExit(EXIT_CODES.get(signum, 1))
+
+
+def _save_checkpoint(run: _Run, iteration: int) -> None:
+    """Write `last.pt` (rank 0): weights, optimiser, schedule, RNGs and the log records so far."""
+    if run.rank != 0:
+        return
+    save_torch(run.ckpt_path, {
+        "model": run.raw_model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": None,  # bf16 autocast needs no gradient scaler
+        "rng": _rng_states(),
+        "iteration": iteration,
+        "skipped_steps": run.skipped,
+        "options": asdict(run.options),
+        "log": run.history,  # the JSONL records up to `iteration`, restored on resume
+    })

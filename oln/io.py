@@ -1,4 +1,4 @@
-"""Atomic file writes, JSON, RLE masks and checkpoints.
+"""Atomic file writes and JSON.
 
 Every stage writes its outputs through these helpers so a killed process never
 leaves a half-written file behind: data goes to a temporary file in the same
@@ -6,6 +6,9 @@ directory (`.<name>.<8 random chars>.tmp<suffix>`), which is renamed over the
 target only once it is complete. A process killed mid-write leaves that
 temporary file; `remove_stale_temp_files` deletes such leftovers when the next
 run starts. A full disk raises `DiskFullError` naming the file being written.
+
+Light on purpose (numpy only): masks as COCO RLE are in `oln.rle` (pycocotools), torch
+checkpoints in `oln.checkpoints`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 
 def _current_umask() -> int:
@@ -138,7 +140,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
     """Serialise `obj` as JSON to `path` atomically (numpy scalars allowed)."""
-    write_text(path, json.dumps(obj, indent=indent, default=_json_default))
+    write_text(path, json.dumps(obj, indent=indent, default=json_default))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -155,7 +157,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line to `path` (logs; a torn last line is tolerated by readers)."""
     try:
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.write(json.dumps(record, default=json_default) + "\n")
     except OSError as err:
         if _is_disk_full(err, Path(path).parent):
             raise _disk_full_error(Path(path), err) from err
@@ -177,7 +179,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """JSON form of numpy scalars and arrays and of paths (the `default` of `json.dumps`)."""
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
@@ -187,77 +190,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-    """Encode a boolean (H, W) mask as COCO RLE with `counts` as str."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def encode_masks(masks: np.ndarray) -> list[dict]:
-    """Encode a boolean (N, H, W) stack as a list of COCO RLEs (str counts)."""
-    if len(masks) == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """Decode a COCO RLE (str or bytes counts, or uncompressed list counts) to bool (H, W)."""
-    if isinstance(rle["counts"], list):
-        rle = mask_utils.frPyObjects(rle, *rle["size"])
-    elif isinstance(rle["counts"], str):
-        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
-
-
-def save_torch(path: str | os.PathLike, obj: Any) -> None:
-    """torch.save `obj` to `path` atomically (`DiskFullError` when the disk is full)."""
-    import torch
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)  # through a Python file: a full disk surfaces as ENOSPC, not a bare C++ error
-
-
-def reset_stale_checkpoints(out_dir: str | os.PathLike, settings: Any) -> bool:
-    """Delete `out_dir/checkpoints/` when it was written under different settings.
-
-    Training resumes from `out_dir/checkpoints/last.pt`; after a config or code
-    edit the old checkpoints must not be resumed. `settings` (options, inputs)
-    and the source of the `oln` package are fingerprinted into
-    `checkpoints/settings.json`. Only rank 0 (env RANK) acts.
-
-    Returns:
-        True when stale checkpoints were removed.
-    """
-    import hashlib
-    import shutil
-
-    if os.environ.get("RANK", "0") != "0":
-        return False
-    ckpt_dir = Path(out_dir) / "checkpoints"
-    text = json.dumps(settings, sort_keys=True, default=_settings_default)
-    code = hashlib.sha256()
-    for source in sorted(Path(__file__).parent.rglob("*.py")):
-        code.update(source.read_bytes())
-    fingerprint = {"settings": hashlib.sha256(text.encode()).hexdigest(), "code": code.hexdigest()}
-    stamp = ckpt_dir / "settings.json"
-    removed = False
-    if ckpt_dir.exists() and (not stamp.exists() or read_json(stamp) != fingerprint):
-        shutil.rmtree(ckpt_dir)
-        removed = True
-    if not stamp.exists():
-        write_json(stamp, fingerprint)
-    return removed
-
-
-def _settings_default(obj: Any) -> Any:
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    return _json_default(obj)

@@ -102,6 +102,40 @@ def write_summary(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str
     write_text(md_path, "\n".join(parts))
 
 
+def report_experiment(exp_dir: str | os.PathLike, val_json: str | os.PathLike, image_root: str | os.PathLike,
+                      unseen_ids: Sequence[int], options: ReportOptions) -> dict:
+    """summary.csv/.md and plots/ of everything the stages wrote under `exp_dir` (results/<experiment>).
+
+    Every `eval/*.json` becomes a summary row and an AR@k curve; every training log (PA and
+    `detector/*/log.jsonl`) a training curve; `options.comparison_runs` (else the first two
+    runs with predictions) are drawn side by side on val images.
+
+    Returns:
+        {"summary": path of summary.csv, "runs": the evaluation names}.
+
+    Raises:
+        FileNotFoundError: `exp_dir/eval` holds no evaluation json.
+    """
+    from oln.plots import plot_ar_curves, plot_training_curves
+
+    exp = Path(exp_dir)
+    eval_paths = {p.stem: p for p in sorted((exp / "eval").glob("*.json"))}
+    if not eval_paths:
+        raise FileNotFoundError(f"{exp / 'eval'}: no evaluation json")
+    write_summary(summary_table(eval_paths), exp / "summary.csv", exp / "summary.md", f"Experiment {exp.name}")
+    plot_ar_curves({name: read_json(path) for name, path in eval_paths.items()}, exp / "plots" / "ar_curves.png",
+                   title=exp.name)
+    logs = {"pa": exp / "pa" / "log.jsonl"}
+    logs.update({p.parent.name: p for p in sorted((exp / "detector").glob("*/log.jsonl"))})
+    plot_training_curves({k: v for k, v in logs.items() if v.exists()}, exp / "plots" / "training_curves.png")
+    predictions = {run: exp / "detector" / run / "predictions.json" for run in options.comparison_runs}
+    predictions = {run: path for run, path in predictions.items() if path.exists()}
+    if not predictions:
+        predictions = {p.parent.name: p for p in sorted((exp / "detector").glob("*/predictions.json"))[:2]}
+    plot_comparison(val_json, image_root, predictions, unseen_ids, options, exp / "plots" / "baseline_vs_ggn.png")
+    return {"summary": str(exp / "summary.csv"), "runs": list(eval_paths)}
+
+
 def plot_comparison(val_json: str | os.PathLike, image_root: str | os.PathLike,
                     predictions: dict[str, str | os.PathLike], unseen_ids: Sequence[int],
                     options: ReportOptions, path: str | os.PathLike) -> None:
@@ -114,8 +148,8 @@ def plot_comparison(val_json: str | os.PathLike, image_root: str | os.PathLike,
     from pycocotools import mask as mask_utils
 
     from oln.data.coco import UnreadableImage, annotation_to_rle, load_image
-    from oln.io import decode_rle
     from oln.plots import draw_outlines, overlay_masks, save_figure
+    from oln.rle import decode_rle
 
     gt = read_json(val_json)
     unseen = set(int(i) for i in unseen_ids)

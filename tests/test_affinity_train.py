@@ -13,7 +13,8 @@ from oln.affinity.predict import predict_affinity
 from oln.affinity.targets import affinity_targets
 from oln.affinity.train import PADataOptions, PATargetOptions, PATrainOptions, pad_batch, train_pa
 from oln.engine import TrainOptions
-from oln.io import encode_mask, read_json, read_jsonl
+from oln.io import read_json, read_jsonl
+from oln.rle import encode_mask
 
 
 def write_tiny_coco(root, n_images=4, h=30, w=40):

@@ -64,3 +64,48 @@ def test_two_configfiles_layer_in_order(workdir, tmp_path):
     assert resolved["merge"]["top_k"] == 7
     assert resolved["dataset"]["seen"] == "voc"
     assert resolved["extract"]["grouping"]["globalization"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ('detector={"runs": {"baseline": {"train": {"iterations": -5}}}}',
+         "detector.runs.baseline.train.iterations must be >= 0"),
+        ('detector={"runs": {"baseline": {"detector": {"fpn_chanels": 8}}}}',
+         "detector.runs.baseline.detector: Additional properties are not allowed ('fpn_chanels'"),
+        ('detector={"runs": {"ggn": {"train": {"checkpoint_every": 0}}}}',
+         "detector.runs.ggn.train.checkpoint_every must be >= 1"),
+        ('merge={"top_k": -2}', "merge.top_k must be >= 1"),
+        ('detector={"runs": {"ggn": {"train": {"iterations": 0, "epochs": 0}}}}',
+         "detector.runs.ggn.train: iterations is 0 and epochs is 0"),
+    ],
+    ids=["negative_iterations", "misspelled_key", "checkpoint_every_0", "negative_top_k", "no_schedule"],
+)
+def test_every_run_is_validated_when_the_dag_is_built(workdir, override, message):
+    done = subprocess.run(["snakemake", "-n", "--config", override], cwd=workdir, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert message in done.stdout + done.stderr
+
+
+def test_nested_command_line_overrides_are_typed_against_the_schema(workdir):
+    override = 'pa_train={"train": {"iterations": 5, "lr": 0.01}}'
+    resolved = resolved_config(workdir, "synthetic", "config/config.yaml")  # the file alone first
+    assert resolved["pa_train"]["train"]["iterations"] == 300
+    target = "results/synthetic/config.yaml"
+    done = subprocess.run(["snakemake", "--cores", "1", target, "--config", override], cwd=workdir,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    train = yaml.safe_load((workdir / target).read_text())["pa_train"]["train"]
+    assert train["iterations"] == 5 and train["lr"] == 0.01
+    assert train["batch_size"] == 8  # the rest of the section is kept (merged, not replaced)
+
+
+def test_coerce_strings_reads_yaml_only_where_the_schema_wants_another_type():
+    from oln.config import coerce_config_strings
+
+    coerced = coerce_config_strings({"experiment": "123", "pa_train": {"train": {"iterations": "5", "amp": "false"}},
+                                     "detector": {"runs": {"ggn": {"train": {"lr": "0.1"}, "pseudo": "true"}}}})
+    assert coerced["experiment"] == "123"  # a string where the schema wants one
+    assert coerced["pa_train"]["train"] == {"iterations": 5, "amp": False}
+    assert coerced["detector"]["runs"]["ggn"] == {"train": {"lr": 0.1}, "pseudo": True}

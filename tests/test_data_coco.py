@@ -16,7 +16,8 @@ from oln.data.coco import (
     images_json_from_folder,
     load_image,
 )
-from oln.io import encode_mask, read_json, write_json
+from oln.io import read_json, write_json
+from oln.rle import encode_mask
 
 
 def _png(path, array, mode=None):

@@ -170,7 +170,7 @@ def test_arch_train_step_and_eval(arch):
             assert out["masks"].shape == (n, 1, SIZE, SIZE) and out["masks"].dtype == torch.bool
 
 
-def test_train_then_predict_writes_coco_results(tiny_coco, tmp_path):
+def test_train_then_predict_writes_coco_results(tiny_coco, tmp_path, caplog):
     options = DetectorTrainOptions(
         detector=tiny_options("oln"),
         train=TrainOptions(
@@ -193,14 +193,19 @@ def test_train_then_predict_writes_coco_results(tiny_coco, tmp_path):
     assert load_detector(model_path).detector_options.arch == "oln"
 
     out_json = tmp_path / "results.json"
-    summary = predict(
-        model_path,
-        tiny_coco / "val.json",
-        tiny_coco,
-        PredictOptions(batch_size=2, num_workers=0, device="cpu"),
-        out_json,
-    )
+    with caplog.at_level("INFO", logger="oln.progress"):
+        summary = predict(
+            model_path,
+            tiny_coco / "val.json",
+            tiny_coco,
+            PredictOptions(batch_size=2, num_workers=0, device="cpu"),
+            out_json,
+        )
     assert summary["num_images"] == 3 and summary["num_skipped"] == 1
+    progress = [r.getMessage() for r in caplog.records
+                if r.name == "oln.progress" and r.getMessage().startswith("predict ")]
+    assert progress[0].startswith("predict 2/4 (50%)") and progress[-1].startswith("predict 4/4 (100%)")
+    assert all(" img/s elapsed " in line and " eta " in line for line in progress)
     results = read_json(out_json)
     assert len(results) == summary["num_detections"] > 0
     per_image = {}

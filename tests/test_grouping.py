@@ -223,11 +223,42 @@ def test_region_adjacency_mean_boundary_strength():
 
 def test_downsampled_globalization_close_to_exact():
     affinity, _, _ = nested_map()
-    exact = globalized_boundary(1 - affinity, max_pixels=None)
-    approx = globalized_boundary(1 - affinity, max_pixels=1600)  # 2x max-pooled graph
+    exact = globalized_boundary(1 - affinity, solver="shift_invert")
+    approx = globalized_boundary(1 - affinity, solver="pooled", max_pixels=1600)  # 2x max-pooled graph
     assert exact.shape == approx.shape == affinity.shape
     assert exact.max() == pytest.approx(1.0) and approx.max() == pytest.approx(1.0)
     assert np.corrcoef(exact.ravel(), approx.ravel())[0, 1] > 0.7
+
+
+def test_extraction_max_side_downsizes_with_a_log_line_and_masks_come_back_full_size(tmp_path, caplog):
+    import dataclasses
+    import logging
+
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from oln.pseudo.extract import _read_batch, group_image
+
+    Image.fromarray(np.zeros((90, 120, 3), np.uint8)).save(tmp_path / "a.png")
+    info = {"id": 7, "file_name": "a.png", "height": 90, "width": 120}
+    with caplog.at_level(logging.INFO, logger="oln.pseudo.extract"):
+        (readable, unreadable) = _read_batch([info], tmp_path, max_side=60)
+    assert not unreadable and readable[0][1].shape == (3, 45, 60) and readable[0][2] == (90, 120)
+    assert "max_side=60" in caplog.text and "90x120" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="oln.pseudo.extract"):
+        _read_batch([info], tmp_path, max_side=None)
+    assert "max_side" not in caplog.text
+
+    small = cv2.resize(two_halves(), (60, 45), interpolation=cv2.INTER_NEAREST)  # the affinity at max_side
+    grouping = dataclasses.asdict(GroupingOptions(border_fraction=None, **FAST))
+    records = group_image(small, (90, 120), grouping, 2, 7, "train", [])
+    masks, _ = affinity_to_proposals(small, border_fraction=None, max_proposals=2, **FAST)
+    assert len(records) == 2
+    for record, mask in zip(records, masks):
+        full = mask_utils.decode(record["segmentation"]).astype(bool)
+        assert full.shape == (90, 120)
+        assert np.array_equal(full, cv2.resize(mask.astype(np.uint8), (120, 90), interpolation=cv2.INTER_NEAREST) > 0)
 
 
 # --- exact-equivalence checks of the fast implementations against plain reference versions ---

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from oln.grouping import GroupingOptions
-from oln.io import decode_rle, read_json, write_json
+from oln.io import read_json, write_json
 from oln.pseudo import ExtractOptions, MergeOptions, extract_shard, merge_pseudo
 from oln.pseudo import extract as extract_module
 from oln.pseudo.extract import shard_images
+from oln.rle import decode_rle
 
 HEIGHT, WIDTH = 64, 96
 BOX_SEEN = (8, 10, 28, 30)  # x0, y0, x1, y1 (inclusive) of the seen-category object, outline included
@@ -260,3 +261,97 @@ def test_progress_of_other_settings_is_discarded(dataset, tmp_path):
     Path(str(out) + ".partial.jsonl").write_text('{"settings": "other"}\n' + json.dumps(stale) + "\n")
     extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, out)
     assert out.read_bytes() == reference.read_bytes()
+
+
+def test_extract_with_a_wrong_image_root_fails_naming_the_root_and_a_file(dataset, tmp_path):
+    """Issue 15: every image unreadable must not give an empty shard and exit 0."""
+    wrong = tmp_path / "nowhere"
+    out = tmp_path / "shard.json"
+    with pytest.raises(ValueError, match=rf"5 of 5 images under {wrong} could not be read \(more than "
+                                         rf"extract.max_skipped_fraction = 0.5\); first: {wrong}/train/001.png"):
+        extract_shard("m.pt", dataset["train_json"], wrong, "train", 0, 1, OPTIONS, out)
+    assert not out.exists()
+    # the same output path with the right root: skipped images are read again, not resumed as skipped
+    reference = tmp_path / "reference.json"
+    extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, reference)
+    extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, out)
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_extract_skipped_fraction_is_configurable(dataset, tmp_path, caplog):
+    out = tmp_path / "shard.json"
+    strict = ExtractOptions(**{**OPTIONS.__dict__, "max_skipped_fraction": 0.1})
+    with pytest.raises(ValueError, match=r"1 of 5 images .* extract.max_skipped_fraction = 0.1\); first: .*004.png"):
+        extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, strict, out)
+    assert not out.exists()
+    with caplog.at_level("WARNING"):
+        stats = extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, out)
+    assert stats["num_skipped"] == 1 and out.exists()
+    assert f"skipped 1 of 5 unreadable images under {dataset['root']}" in caplog.text
+
+
+def test_extract_logs_progress_with_rate_and_eta(dataset, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="oln.progress"):
+        extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, tmp_path / "s.json")
+    lines = [r.getMessage() for r in caplog.records if r.name == "oln.progress"]
+    assert lines[0].startswith("extract train shard 0/1 1/5 (20%)")
+    assert lines[-1].startswith("extract train shard 0/1 5/5 (100%)")
+    assert all(" img/s elapsed " in line and " eta " in line for line in lines)
+
+
+def test_extract_progress_of_a_resumed_shard_starts_at_the_images_done(dataset, tmp_path, monkeypatch, caplog):
+    real = extract_module.group_image
+    calls = {"n": 0}
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise Interrupt("killed")
+        return real(*args)
+
+    out = tmp_path / "resumed.json"
+    monkeypatch.setattr(extract_module, "group_image", failing)
+    with pytest.raises(Interrupt):
+        extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, out)
+    monkeypatch.setattr(extract_module, "group_image", real)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="oln.progress"):
+        extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, out)
+    lines = [r.getMessage() for r in caplog.records if r.name == "oln.progress"]
+    assert lines[0].startswith("extract train shard 0/1 3/5 (60%)")  # 2 grouped before the kill; 004 retried
+    assert lines[-1].startswith("extract train shard 0/1 5/5 (100%)")
+
+
+def merge_args(dataset, tmp_path, image_root):
+    path = tmp_path / "shard.json"
+    if not path.exists():
+        extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, path,
+                      gt_category_ids=[1])
+    outputs = tmp_path / "merged.json", tmp_path / "stats.json", tmp_path / "gallery.png"
+    return (dataset["train_json"], [str(path)], [1], MergeOptions(), *outputs, image_root)
+
+
+def test_merge_with_a_wrong_image_root_fails_naming_the_root_and_a_file(dataset, tmp_path):
+    """A wrong --image-root used to give a json whose annotated images all fail to load."""
+    wrong = tmp_path / "nowhere"
+    with pytest.raises(ValueError, match=rf"5 of 5 images under {wrong} could not be read \(more than "
+                                         rf"merge.max_skipped_fraction = 0.5\); first: {wrong}/train/001.png"):
+        merge_pseudo(*merge_args(dataset, tmp_path, wrong))
+    assert not (tmp_path / "merged.json").exists()
+
+
+def test_merge_with_a_shard_whose_images_moved_fails(dataset, tmp_path):
+    args = merge_args(dataset, tmp_path, dataset["root"])
+    shard = read_json(args[1][0])
+    write_json(args[1][0], {**shard, "image_root": str(tmp_path / "moved")})
+    with pytest.raises(ValueError, match=r"4 of 4 images under .*moved could not be read"):
+        merge_pseudo(*args)
+
+
+def test_merge_with_a_few_missing_images_warns_and_writes(dataset, tmp_path, caplog):
+    args = merge_args(dataset, tmp_path, dataset["root"])
+    (dataset["root"] / "train" / "002.png").unlink()
+    with caplog.at_level("WARNING"):
+        stats = merge_pseudo(*args)
+    assert f"skipped 1 of 5 unreadable images under {dataset['root']}" in caplog.text
+    assert stats["num_images"] == 5 and (tmp_path / "merged.json").exists()

@@ -192,7 +192,8 @@ def full_disk(monkeypatch):
 @pytest.mark.usefixtures("full_disk")
 @pytest.mark.parametrize("kind", ["torch", "json"])
 def test_full_disk_names_the_path(tmp_path, kind):
-    from oln.io import save_torch, write_json
+    from oln.checkpoints import save_torch
+    from oln.io import write_json
 
     target = tmp_path / "out" / ("last.pt" if kind == "torch" else "result.json")
     with pytest.raises(OSError, match="disk full") as raised:

@@ -6,19 +6,25 @@ from pathlib import Path
 import pytest
 
 from oln.affinity.evaluate import PAEvalOptions
+from oln.affinity.model import NORMS
+from oln.affinity.targets import REDUCTIONS
 from oln.affinity.train import PATrainOptions
-from oln.config import ConfigError, options_from_dict, validate_config
+from oln.config import NON_OPTION_KEYS, ConfigError, load_schema, options_from_dict, validate_config
 from oln.config_doc import render
 from oln.data.synthetic import SyntheticOptions
+from oln.detector.losses import BOX_LOSSES
+from oln.detector.model import ARCHS, BACKBONE_NORMS
 from oln.detector.predict import PredictOptions
 from oln.detector.train import DetectorTrainOptions
-from oln.evaluation.recall import EvaluateOptions
+from oln.evaluation.inputs import IOU_TYPES
+from oln.evaluation.recall import SEEN_REMOVAL_RULES, EvaluateOptions
+from oln.grouping.proposals import RANK_POTENTIALS
+from oln.grouping.ranking import RANK_METHODS
 from oln.pseudo.extract import ExtractOptions
 from oln.pseudo.merge import MergeOptions
 from oln.report import ReportOptions
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_ONLY = {"extract": {"sources", "num_shards", "proposals_top_k"}}
 SECTIONS = {
     "synthetic": SyntheticOptions, "pa_train": PATrainOptions, "pa_eval": PAEvalOptions,
     "extract": ExtractOptions, "merge": MergeOptions, "predict": PredictOptions,
@@ -38,7 +44,7 @@ def plain(value):
 @pytest.mark.parametrize("name", sorted(SECTIONS))
 def test_schema_defaults_equal_dataclass_defaults(name):
     defaults = validate_config({})[name]
-    for key in WORKFLOW_ONLY.get(name, ()):
+    for key in NON_OPTION_KEYS.get(name, ()):
         defaults.pop(key)
     assert defaults == plain(SECTIONS[name]())
     options_from_dict(SECTIONS[name], defaults, name)  # and they load back
@@ -53,6 +59,28 @@ def test_detector_defaults_equal_dataclass_defaults():
 def test_detector_run_keys_are_checked():
     with pytest.raises(ConfigError, match=r"detector\.runs\.ggn"):
         validate_config({"detector": {"runs": {"ggn": {"pseudo": True, "detectr": {}}}}})
+
+
+# Choices the library defines (one place) and the schema repeats for validation and docs.
+SCHEMA_ENUMS = {
+    ("pa_train", "model", "norm"): NORMS,
+    ("pa_train", "target", "reduction"): REDUCTIONS,
+    ("extract", "grouping", "rank"): RANK_METHODS,
+    ("extract", "grouping", "rank_potential"): RANK_POTENTIALS,
+    ("detector", "defaults", "detector", "arch"): ARCHS,
+    ("detector", "defaults", "detector", "backbone_norm"): BACKBONE_NORMS,
+    ("detector", "defaults", "detector", "box_loss"): BOX_LOSSES,
+    ("evaluate", "seen_removal"): SEEN_REMOVAL_RULES,
+    ("evaluate", "iou_types", "items"): IOU_TYPES,
+}
+
+
+@pytest.mark.parametrize("path", sorted(SCHEMA_ENUMS), ids=".".join)
+def test_schema_choices_equal_the_library_choices(path):
+    node = load_schema()
+    for key in path:
+        node = node[key] if key == "items" else node["properties"][key]
+    assert tuple(node["enum"]) == tuple(SCHEMA_ENUMS[path])
 
 
 def test_config_readme_is_generated_from_the_schema():

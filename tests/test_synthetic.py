@@ -20,7 +20,8 @@ from oln.data.synthetic import (
     render_scene,
     synthesize,
 )
-from oln.io import decode_rle, read_json
+from oln.io import read_json
+from oln.rle import decode_rle
 
 SMALL = dict(num_train=6, num_val=3, num_unlabeled=3, image_size=64)
 

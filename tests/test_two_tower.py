@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from oln.checkpoints import save_torch
 from oln.detector.model import DetectorOptions, build_detector
 from oln.detector.predict import PredictOptions, load_detector, predict
 from oln.detector.train import DetectorTrainOptions, train_detector
 from oln.detector.two_tower import TwoTowerRCNN, load_grouping_detector, recorded_outputs
 from oln.engine import TrainOptions
-from oln.io import read_json, read_jsonl, save_torch, write_json
+from oln.io import read_json, read_jsonl, write_json
 
 torch.set_num_threads(1)
 SIZE = 64

@@ -2,7 +2,8 @@
 
 One module-scoped run of `snakemake --cores 2 --configfile config/tiny.yaml` in a
 copy of the repository; the tests check every output against its contract and
-that editing one config section re-runs exactly that stage and its dependants.
+that editing a setting, or a module a stage imports, re-runs exactly that stage and its
+dependants (dry runs), and that settings which never change outputs re-run nothing.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def test_predictions_and_pseudo_records_follow_the_contract(tiny):
 
 def test_summary_lists_every_evaluation(tiny):
     text = (tiny / EXP / "summary.csv").read_text().splitlines()
-    assert text[0].startswith("run,box AR@10,box AR@30,box AR@100")
+    assert text[0].startswith("run,protocol,box AR@10,box AR@30,box AR@100")
     assert {line.split(",")[0] for line in text[1:]} == set(EVALS)
 
 
@@ -124,8 +125,8 @@ def test_snakemake_report(tiny):
     assert (tiny / "report.zip").stat().st_size > 10_000
 
 
-def planned_jobs(workdir: Path, edits: dict) -> dict[str, int]:
-    """Jobs `snakemake -n` plans after applying dotted-key `edits` to the tiny config."""
+def edited_config(workdir: Path, edits: dict, name: str = "edited") -> str:
+    """The tiny config with dotted-key `edits` applied, written as config/<name>.yaml."""
     config = yaml.safe_load((workdir / "config/tiny.yaml").read_text())
     for dotted, value in edits.items():
         *parents, last = dotted.split(".")
@@ -133,8 +134,13 @@ def planned_jobs(workdir: Path, edits: dict) -> dict[str, int]:
         for key in parents:
             node = node.setdefault(key, {})
         node[last] = value
-    (workdir / "config/edited.yaml").write_text(yaml.safe_dump(config))
-    done = snakemake(workdir, "-n", "--configfile", "config/edited.yaml", timeout=300)
+    (workdir / f"config/{name}.yaml").write_text(yaml.safe_dump(config))
+    return f"config/{name}.yaml"
+
+
+def planned_jobs(workdir: Path, edits: dict, *targets: str, name: str = "edited") -> dict[str, int]:
+    """Jobs `snakemake -n` plans (for `targets`, default all) after dotted-key `edits` to the tiny config."""
+    done = snakemake(workdir, "-n", *targets, "--configfile", edited_config(workdir, edits, name), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout.split("Job stats:")[-1] if "Job stats:" in done.stdout else ""
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M))
@@ -152,17 +158,20 @@ SHARDS = 4
         ({"report.comparison_top_k": 5}, {"report": 1}),
         ({"evaluate.seen_removal": "rematch"}, {"evaluate": len(EVALS), "report": 1}),
         ({"predict.batch_size": 1}, {"predict": len(RUNS), "evaluate": len(EVALS) - 1, "report": 1}),
-        ({"detector.runs.baseline.train.lr": 0.02}, {**PER_RUN, "report": 1}),
+        ({"detector.runs.baseline.train.lr": 0.03}, {**PER_RUN, "report": 1}),
         ({"merge.top_k": 2}, {"merge_pseudo": 1, **PSEUDO_DOWNSTREAM, "report": 1}),
-        ({"extract.top_k": 10}, {"extract_pseudo": SHARDS, "merge_pseudo": 1, "pa_proposals": 1,
-                                 **{k: v + (1 if k == "evaluate" else 0) for k, v in PSEUDO_DOWNSTREAM.items()},
-                                 "report": 1}),
+        ({"extract.top_k": 10}, {"extract_pseudo": SHARDS, "merge_pseudo": 1, **PSEUDO_DOWNSTREAM, "report": 1}),
+        ({"extract.proposals_top_k": 50}, {"pa_proposals": 1, "evaluate": 1, "report": 1}),
+        ({"extract.num_workers": 2}, {}),
+        ({"predict.num_workers": 1}, {}),
+        ({"evaluate.num_workers": 2}, {}),
         ({"pa_eval.grid_images": 1}, {"eval_pa": 1, "report": 1}),
         ({"pa_train.train.lr": 0.0031}, {"train_pa": 1, "eval_pa": 1, "extract_pseudo": SHARDS, "merge_pseudo": 1,
                                         "pa_proposals": 1, "train_detector": 3, "predict": 3, "evaluate": 4,
                                         "report": 1}),
     ],
-    ids=["report", "evaluate", "predict", "detector_run", "merge", "extract", "pa_eval", "pa_train"],
+    ids=["report", "evaluate", "predict", "detector_run", "merge", "extract", "pa_proposals", "extract_workers",
+         "predict_workers", "evaluate_workers", "pa_eval", "pa_train"],
 )
 def test_editing_a_section_reruns_exactly_its_stage_and_dependants(tiny, edits, expected):
     # record_config rewrites results/<experiment>/config.yaml whenever the config changes
@@ -171,3 +180,43 @@ def test_editing_a_section_reruns_exactly_its_stage_and_dependants(tiny, edits, 
 
 def test_unchanged_config_plans_nothing(tiny):
     assert planned_jobs(tiny, {}) == {}
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        # evaluate -> oln.evaluation.run -> recall -> matching (run by evaluate alone)
+        ("evaluation/matching.py", {"evaluate": len(EVALS), "report": 1}),
+        # extract -> oln.pseudo.extract -> oln.grouping -> proposals -> ranking (merge imports oln.pseudo too)
+        ("grouping/ranking.py", {"extract_pseudo": SHARDS, "merge_pseudo": 1, "pa_proposals": 1,
+                                 "train_detector": 3, "predict": 3, "evaluate": 4, "report": 1}),
+        ("config_doc.py", {}),  # no stage imports it
+    ],
+    ids=["evaluation_matching", "grouping_ranking", "unused_module"],
+)
+def test_editing_a_module_reruns_exactly_the_stages_that_import_it(tiny, module, expected):
+    path = tiny / "oln" / module
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# edited\n")
+        planned = planned_jobs(tiny, {})
+    finally:
+        path.write_bytes(original)
+    assert planned == ({**expected, "all": 1} if expected else {})
+
+
+def test_images_added_to_a_folder_source_reindex_it(tiny, tmp_path):
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    png = (tiny / EXP / "data/images").glob("*.png")
+    for i, image in zip(range(2), png):
+        shutil.copy2(image, folder / f"{i}.png")
+    edits = {"extract.sources": ["train", "unlabeled", {"name": "extra", "folder": str(folder)}]}
+    target = f"{EXP}/data/sources/extra.json"
+    done = snakemake(tiny, target, "--configfile", edited_config(tiny, edits, "folder"), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert planned_jobs(tiny, edits, target, name="folder") == {}
+    shutil.copy2(next(folder.glob("*.png")), folder / "2.png")
+    assert planned_jobs(tiny, edits, target, name="folder") == {"index_folder": 1}
+    (folder / "2.png").unlink()
+    assert planned_jobs(tiny, edits, target, name="folder") == {}

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oln.backbones import BACKBONE_HELP, build_resnet, is_backbone, stage_channels
-from oln.io import save_torch
+from oln.checkpoints import save_torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,3 +1,6 @@
-"""Handlers of the `oln` subcommands, one module per stage; importing registers them."""
+"""Handlers of the `oln` subcommands, one module per command, named after it.
 
-from oln.commands import affinity, data, detector, evaluate, provenance, pseudo, report  # noqa: F401
+Importing a command module registers it (`oln.commands.registry`); `oln.cli` imports them
+all. This package's `__init__` imports nothing, so a stage's code (`oln.code_hash`) is its
+own command module and what that imports.
+"""

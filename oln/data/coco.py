@@ -21,12 +21,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from oln.data.filtering import filter_training_images
+from oln.data.folders import list_images
 from oln.io import read_json, write_json
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
 
 class UnreadableImage(Exception):
     """An image file that is missing, empty, truncated or not an image."""
@@ -61,6 +59,29 @@ def load_image(path: str | os.PathLike, expected_hw: tuple[int, int] | None = No
             return _to_rgb_uint8(oriented, sixteen_bit=sixteen_bit_png)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise UnreadableImage(f"{path}: cannot decode image ({err})") from err
+
+
+def check_skipped(num_skipped: int, num_images: int, max_fraction: float, image_root: str | os.PathLike,
+                  skipped: Sequence[str], option: str = "max_skipped_fraction") -> None:
+    """Fail when a stage could not read most of its images (e.g. a wrong image root), else warn.
+
+    The one rule of every stage that skips unreadable images (extract, merge, predict).
+
+    Args:
+        num_skipped: images that could not be read.
+        num_images: images the stage was given.
+        max_fraction: largest share of skipped images that is only warned about.
+        image_root: folder the images are relative to (named in the message).
+        skipped: the skipped files (or their errors), in order; the first is named.
+        option: the config key of `max_fraction`, named in the message.
+    Raises:
+        ValueError: more than `max_fraction` of the images were skipped.
+    """
+    if num_images and num_skipped / num_images > max_fraction:
+        raise ValueError(f"{num_skipped} of {num_images} images under {image_root} could not be read (more than "
+                         f"{option} = {max_fraction}); first: {skipped[0]}")
+    if num_skipped:
+        log.warning("skipped %d of %d unreadable images under %s", num_skipped, num_images, image_root)
 
 
 def _to_rgb_uint8(img: Image.Image, sixteen_bit: bool = False) -> np.ndarray:
@@ -107,7 +128,7 @@ def images_json_from_folder(folder: str | os.PathLike, out_json: str | os.PathLi
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: image folder does not exist")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    paths = list_images(folder)
     images, skipped = [], []
     for path in paths:
         try:

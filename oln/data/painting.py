@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-if TYPE_CHECKING:
-    from oln.data.synthetic import SyntheticOptions
+
+class PaintingOptions(Protocol):
+    """The settings painting reads (`oln.data.synthetic.SyntheticOptions` has them)."""
+
+    clutter_lines: int
+    clutter_specks: int
+    clutter_patches: int
+    textured_fill: float
+    min_contrast: float
+
 
 FILL_STYLES: tuple[str, ...] = ("flat", "gradient", "stripes", "checker", "noise")
 
@@ -32,7 +40,7 @@ def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def paint_background(size: int, options: SyntheticOptions, rng: np.random.Generator) -> np.ndarray:
+def paint_background(size: int, options: PaintingOptions, rng: np.random.Generator) -> np.ndarray:
     """Two-colour gradient plus smooth colour noise and/or stripes and soft texture patches."""
     yy, xx = pixel_grid(size)
     angle = rng.uniform(0.0, 2.0 * np.pi)
@@ -76,7 +84,7 @@ def soft_patch(image: np.ndarray, rng: np.random.Generator) -> None:
     region += alpha * (random_color(rng) + grain - region)
 
 
-def paint_clutter(image: np.ndarray, options: SyntheticOptions, rng: np.random.Generator) -> None:
+def paint_clutter(image: np.ndarray, options: PaintingOptions, rng: np.random.Generator) -> None:
     """Draw thin lines and small specks that are not annotated objects."""
     size = image.shape[1]
     for _ in range(int(rng.integers(0, options.clutter_lines + 1))):
@@ -96,7 +104,7 @@ def object_fill(
     center: np.ndarray,
     radius: float,
     background_color: np.ndarray,
-    options: SyntheticOptions,
+    options: PaintingOptions,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Colours (3, h, w) of an object over its box (y0, y1, x0, x1): fill style times gradient lighting."""

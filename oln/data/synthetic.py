@@ -35,8 +35,9 @@ from scipy import ndimage
 
 from oln.data.painting import object_fill, paint_background, paint_clutter
 from oln.data.shapes import SHAPES, place_contours, rasterise, scale_for_pixel_count
-from oln.io import encode_masks, write_bytes, write_json
+from oln.io import write_bytes, write_json
 from oln.progress import progress
+from oln.rle import encode_masks
 
 SEEN_NAMES: list[str] = ["disc", "square", "triangle", "star", "cross", "arrow"]
 UNSEEN_NAMES: list[str] = ["hexagon", "ring", "crescent", "heart", "l_shape", "blob"]

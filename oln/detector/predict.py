@@ -5,7 +5,8 @@ Each detection becomes `{"image_id", "category_id": 1, "bbox": [x, y, w, h],
 `DetectorOptions.mask_threshold`, RLE counts as str). Records are streamed to a
 temporary file and renamed onto `out_json` at the end, so memory stays bounded
 with 1000 detections per image. Unreadable images are skipped with a warning
-and counted.
+and counted; more than `PredictOptions.max_skipped_fraction` of them (a wrong
+image root) fail the stage (`oln.data.coco.check_skipped`).
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 from torch import nn
 
-from oln.data.coco import UnreadableImage, load_image
+from oln.data.coco import UnreadableImage, check_skipped, load_image
 from oln.detector.model import DetectorOptions, build_detector
 from oln.engine import resolve_device
-from oln.io import atomic_path, encode_masks, read_json
+from oln.io import atomic_path, read_json
 from oln.progress import Progress
+from oln.rle import encode_masks
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +56,6 @@ class PredictOptions:
     max_detections: int = 0
     masks: bool = True
     max_skipped_fraction: float = 0.5
-
-
-def check_skipped(num_skipped: int, num_images: int, max_fraction: float, image_root: str | os.PathLike,
-                  skipped: list[str]) -> None:
-    """Raise when more than `max_fraction` of the images were unreadable (names the root and a file)."""
-    if num_images and num_skipped / num_images > max_fraction:
-        raise ValueError(f"{num_skipped} of {num_images} images under {image_root} could not be read (more than "
-                         f"predict.max_skipped_fraction = {max_fraction}); first: {skipped[0]}")
-    if num_skipped:
-        log.warning("skipped %d of %d unreadable images under %s", num_skipped, num_images, image_root)
 
 
 def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -141,66 +134,98 @@ def predict(
 ) -> dict:
     """Run the detector on every image of `images_json` and write COCO results to `out_json`.
 
+    Args:
+        model_path: model.pt of `train_detector`.
+        images_json: COCO json whose `images` are predicted (annotations are not used).
+        image_root: folder the images' `file_name`s are relative to.
+        options: PredictOptions.
+        out_json: COCO results json, written atomically (nothing when too many images are unreadable).
     Returns:
         summary {"num_images", "num_skipped", "skipped", "num_detections", "seconds",
         "images_per_second", "device", "masks"}.
+    Raises:
+        ValueError: more than `options.max_skipped_fraction` of the images cannot be read.
     """
     device = resolve_device(options.device)
+    model, with_masks = _prepare_model(model_path, options, device)
+    images = read_json(images_json)["images"]
+    loader = torch.utils.data.DataLoader(ImageListDataset(images, image_root), batch_size=options.batch_size,
+                                         shuffle=False, num_workers=options.num_workers, collate_fn=_collate)
+    started = time.time()
+    with atomic_path(out_json) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        counts = _write_detections(f, loader, model, device, options.amp and device.type == "cuda", with_masks)
+        check_skipped(len(counts.skipped), len(images), options.max_skipped_fraction, image_root, counts.skipped,
+                      option="predict.max_skipped_fraction")
+        f.write("]\n")
+    seconds = time.time() - started
+    return {
+        "num_images": counts.num_images,
+        "num_skipped": len(counts.skipped),
+        "skipped": counts.skipped,
+        "num_detections": counts.num_detections,
+        "seconds": seconds,
+        "images_per_second": counts.num_images / max(seconds, 1e-9),
+        "device": str(device),
+        "masks": with_masks,
+    }
+
+
+def _prepare_model(model_path: str | os.PathLike, options: PredictOptions,
+                   device: torch.device) -> tuple[nn.Module, bool]:
+    """The detector in eval mode and channels_last on `device`, and whether it writes masks."""
     model = load_detector(model_path, device)
-    det_options: DetectorOptions = model.detector_options
     if options.max_detections > 0:
         _set_max_detections(model, options.max_detections)
-    with_masks = options.masks and det_options.has_masks
-    images = read_json(images_json)["images"]
-    loader = torch.utils.data.DataLoader(
-        ImageListDataset(images, image_root),
-        batch_size=options.batch_size,
-        shuffle=False,
-        num_workers=options.num_workers,
-        collate_fn=_collate,
-    )
-    use_amp = options.amp and device.type == "cuda"
     model.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (2x in the mask head)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-    started = time.time()
-    skipped: list[str] = []
-    num_images = num_detections = 0
+    det_options: DetectorOptions = model.detector_options
+    return model, options.masks and det_options.has_masks
+
+
+@dataclass
+class _Counts:
+    """What `_write_detections` wrote: predicted images, detections, skipped images' errors."""
+
+    num_images: int = 0
+    num_detections: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _write_detections(f: TextIO, loader: torch.utils.data.DataLoader, model: nn.Module, device: torch.device,
+                      use_amp: bool, with_masks: bool) -> _Counts:
+    """Predict batch by batch and stream the records to `f` as a JSON list without its closing `]`.
+
+    Args:
+        f: open text file.
+        loader: yields lists of (image id, uint8 image or None, error) (`ImageListDataset`).
+        model: detector in eval mode on `device`.
+        device: where images go.
+        use_amp: bf16 autocast (CUDA).
+        with_masks: write `segmentation`.
+    Returns:
+        the counts; unreadable images are logged and listed, not predicted.
+    """
+    counts = _Counts()
     bar = Progress("predict", total=len(loader.dataset), unit="img")
-    with atomic_path(out_json) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write("[")
-        first = True
-        for batch in loader:
-            readable = [(i, img) for i, img, err in batch if img is not None]
-            for _, img, err in batch:
-                if img is None:
-                    log.warning("skipping unreadable image: %s", err)
-                    skipped.append(err)
-            bar.update(num_images + len(readable) + len(skipped))
-            if not readable:
-                continue
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    f.write("[")
+    for batch in loader:
+        readable = [(i, img) for i, img, err in batch if img is not None]
+        for _, img, err in batch:
+            if img is None:
+                log.warning("skipping unreadable image: %s", err)
+                counts.skipped.append(err)
+        if readable:
             tensors = [img.to(device, non_blocking=True).float().div_(255.0) for _, img in readable]
             with torch.inference_mode(), autocast:
                 outputs = model(tensors)
             for (image_id, _), detections in zip(readable, outputs):
                 for record in detections_to_records(image_id, detections, with_masks):
-                    f.write(("" if first else ",\n") + json.dumps(record))
-                    first = False
-                    num_detections += 1
-            num_images += len(readable)
-        check_skipped(len(skipped), len(loader.dataset), options.max_skipped_fraction, image_root, skipped)
-        f.write("]\n")
+                    f.write(("" if counts.num_detections == 0 else ",\n") + json.dumps(record))
+                    counts.num_detections += 1
+            counts.num_images += len(readable)
+        bar.update(counts.num_images + len(counts.skipped))
     bar.close()
-    seconds = time.time() - started
-    return {
-        "num_images": num_images,
-        "num_skipped": len(skipped),
-        "skipped": skipped,
-        "num_detections": num_detections,
-        "seconds": seconds,
-        "images_per_second": num_images / max(seconds, 1e-9),
-        "device": str(device),
-        "masks": with_masks,
-    }
+    return counts
 
 
 def _set_max_detections(model: nn.Module, max_detections: int) -> None:

@@ -25,10 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from oln import engine
+from oln.checkpoints import save_torch
 from oln.data.coco import CocoInstances, collate_list
 from oln.data.transforms import build_transforms, select_instances
 from oln.detector.model import DetectorOptions, build_detector
-from oln.io import read_json, save_torch
+from oln.io import read_json
 from oln.plots import plot_curve
 from oln.schedule import resolve_schedule
 
@@ -182,39 +183,33 @@ def train_detector(
     engine.seed_model_init(options.train.seed)
     model = build_detector(options.detector)
     started = time.time()
-    model = engine.train(
-        model,
-        dataset,
-        collate_list,
-        detector_loss,
-        resolve_schedule(options.train, len(dataset)),
-        out_dir,
-        desc=f"detector {options.detector.arch}",
-    )
+    model = engine.train(model, dataset, collate_list, detector_loss, resolve_schedule(options.train, len(dataset)),
+                         out_dir, desc=f"detector {options.detector.arch}")
     model_path = out_dir / "model.pt"
     if int(os.environ.get("RANK", "0")) == 0:
         meta = {
-            **counts,
-            "train_json": str(train_json),
-            "image_root": str(image_root),
-            "category_ids": category_ids,
-            "use_pseudo": use_pseudo,
-            "num_skipped_images": dataset.num_skipped,
-            "num_training_images": len(dataset),
-            "filter_empty_gt": filter_empty_gt,
-            "train_options": asdict(options.train),
-            "flip": options.flip,
-            "crop_size": options.crop_size,
-            "seconds": time.time() - started,
-            "torch": torch.__version__,
+            **counts, "train_json": str(train_json), "image_root": str(image_root), "category_ids": category_ids,
+            "use_pseudo": use_pseudo, "num_skipped_images": dataset.num_skipped,
+            "num_training_images": len(dataset), "filter_empty_gt": filter_empty_gt,
+            "train_options": asdict(options.train), "flip": options.flip, "crop_size": options.crop_size,
+            "seconds": time.time() - started, "torch": torch.__version__,
         }
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        saved = {"state_dict": state, "options": options.detector.to_dict(), "meta": meta}
-        if hasattr(model, "grouping_options"):  # two_tower: rebuild its grouping tower without its file
-            saved["grouping_options"] = model.grouping_options.to_dict()
-        save_torch(model_path, saved)
+        save_detector(model, options.detector, meta, model_path)
         log_path = out_dir / "log.jsonl"
         if log_path.exists():
             plot_curve(log_path, out_dir / "curve.png",
                        title=f"{options.detector.arch} ({'GT + pseudo' if use_pseudo else 'GT'})")
     return model_path
+
+
+def save_detector(model: nn.Module, options: DetectorOptions, meta: dict, path: Path) -> None:
+    """Write model.pt {"state_dict" (CPU), "options", "meta"[, "grouping_options"]} atomically.
+
+    A two-tower model also stores its grouping tower's options, so `load_detector` rebuilds
+    it without the grouping model's file.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    saved = {"state_dict": state, "options": options.to_dict(), "meta": meta}
+    if hasattr(model, "grouping_options"):
+        saved["grouping_options"] = model.grouping_options.to_dict()
+    save_torch(path, saved)

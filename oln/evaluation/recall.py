@@ -146,19 +146,10 @@ def evaluate_recall(
             missing or non-finite score, a negative-size box, a mask of another size than
             its image, ground truth on an image not in `images`; see `oln.evaluation.inputs`).
     """
-    if seen_removal not in SEEN_REMOVAL_RULES:
-        raise ValueError(f"seen_removal must be one of {SEEN_REMOVAL_RULES}, got {seen_removal!r}")
-    seen = sorted({int(c) for c in seen_category_ids or ()})
-    max_dets = sorted({int(k) for k in max_dets})
-    if not max_dets or max_dets[0] < 1:
-        raise ValueError("max_dets must be positive integers")
-    thresholds = default_iou_thresholds() if iou_thrs is None else np.asarray(iou_thrs, dtype=np.float64)
+    seen, max_dets, thresholds = _check_arguments(seen_category_ids, max_dets, iou_thrs, seen_removal)
     lane_thresholds, report_index = _lane_thresholds(thresholds)
     ks = np.array(sorted(set(max_dets) | set(AUC_KS) | {100}), dtype=np.int64)
-
-    gt_data = load_gt(gt)
-    records = load_detections(detections)
-    inputs = prepare_inputs(gt_data, records, iou_type, set(seen), int(ks.max()),
+    inputs = prepare_inputs(load_gt(gt), load_detections(detections), iou_type, set(seen), int(ks.max()),
                             gt_prefix=source_prefix(gt if gt_name is None else gt_name),
                             detections_prefix=source_prefix(detections if detections_name is None
                                                             else detections_name))
@@ -170,7 +161,38 @@ def evaluate_recall(
             f"no evaluable ground truth: {sum(len(i.gt_area) for i in inputs.images)} annotations in "
             f"{len(inputs.images)} images are all seen-category ({len(seen)} seen ids) or crowd"
         )
+    result: dict = {"iou_type": iou_type, "protocol": _protocol_name(seen, seen_removal), "seen_category_ids": seen}
+    result.update(_recall_metrics(found, num_gt, ks, max_dets, report_index))
+    result.update(num_images=len(inputs.images), num_gt=int(num_gt[0]), num_seen_gt=inputs.num_seen_gt,
+                  num_detections=inputs.num_detections, max_dets=max_dets,
+                  iou_thrs=[float(t) for t in thresholds], warnings=inputs.warnings)
+    return result
 
+
+def _check_arguments(seen_category_ids: Iterable[int] | None, max_dets: Sequence[int],
+                     iou_thrs: Sequence[float] | None, seen_removal: str) -> tuple[list[int], list[int], np.ndarray]:
+    """Validated (sorted seen ids, sorted unique budgets k, IoU thresholds) of `evaluate_recall`."""
+    if seen_removal not in SEEN_REMOVAL_RULES:
+        raise ValueError(f"seen_removal must be one of {SEEN_REMOVAL_RULES}, got {seen_removal!r}")
+    seen = sorted({int(c) for c in seen_category_ids or ()})
+    max_dets = sorted({int(k) for k in max_dets})
+    if not max_dets or max_dets[0] < 1:
+        raise ValueError("max_dets must be positive integers")
+    thresholds = default_iou_thresholds() if iou_thrs is None else np.asarray(iou_thrs, dtype=np.float64)
+    return seen, max_dets, thresholds
+
+
+def _recall_metrics(found: np.ndarray, num_gt: np.ndarray, ks: np.ndarray, max_dets: list[int],
+                    report_index: dict[str, object]) -> dict:
+    """AR@k, AR_s/m/l@100, AR@100_iou50/75 and AUC from summed found-GT counts.
+
+    Args:
+        found: (A, T, K) GT found within each budget, per area range and threshold lane.
+        num_gt: (A,) evaluable GT per area range.
+        ks: (K,) budgets of `found`.
+        max_dets: budgets reported as `AR@k`.
+        report_index: lanes of the requested thresholds (`all`), of 0.5 and of 0.75.
+    """
     recall = found / np.maximum(num_gt, 1)[:, None, None]  # (A, T, K)
     k_index = {int(k): n for n, k in enumerate(ks)}
     reported = recall[:, report_index["all"], :]
@@ -178,20 +200,13 @@ def evaluate_recall(
     def mean_ar(area: int, k: int) -> float | None:
         return float(np.mean(reported[area, :, k_index[k]])) if num_gt[area] > 0 else None
 
-    result: dict = {"iou_type": iou_type,
-                    "protocol": _protocol_name(seen, seen_removal),
-                    "seen_category_ids": seen}
-    for k in max_dets:
-        result[f"AR@{k}"] = mean_ar(0, k)
+    metrics: dict = {f"AR@{k}": mean_ar(0, k) for k in max_dets}
     for name, area in (("s", 1), ("m", 2), ("l", 3)):
-        result[f"AR_{name}@100"] = mean_ar(area, 100)
-    result["AR@100_iou50"] = float(recall[0, report_index["iou50"], k_index[100]])
-    result["AR@100_iou75"] = float(recall[0, report_index["iou75"], k_index[100]])
-    result["AUC"] = ar_auc({k: mean_ar(0, k) for k in AUC_KS[1:]})
-    result.update(num_images=len(inputs.images), num_gt=int(num_gt[0]), num_seen_gt=inputs.num_seen_gt,
-                  num_detections=inputs.num_detections, max_dets=max_dets,
-                  iou_thrs=[float(t) for t in thresholds], warnings=inputs.warnings)
-    return result
+        metrics[f"AR_{name}@100"] = mean_ar(area, 100)
+    metrics["AR@100_iou50"] = float(recall[0, report_index["iou50"], k_index[100]])
+    metrics["AR@100_iou75"] = float(recall[0, report_index["iou75"], k_index[100]])
+    metrics["AUC"] = ar_auc({k: mean_ar(0, k) for k in AUC_KS[1:]})
+    return metrics
 
 
 def evaluate_to_file(

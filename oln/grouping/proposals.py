@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oln.grouping.eigensolver import EigenSolverOptions
 from oln.grouping.hierarchy import (
     EDGE_MERGE_RULES,
     LowestCommonAncestor,
@@ -25,7 +26,7 @@ from oln.grouping.hierarchy import (
 from oln.grouping.orientation import orientation_aligned_boundary
 from oln.grouping.oversegment import oversegment, reduce_affinity, thick_boundaries
 from oln.grouping.ranking import candidate_statistics, check_rank_method, rank_values
-from oln.grouping.spectral import globalized_boundary
+from oln.grouping.spectral import SPECTRAL_SOLVERS, globalized_boundary
 
 RANK_POTENTIALS = ("affinity", "refined")
 
@@ -41,8 +42,13 @@ class GroupingOptions:
         globalization: weight of the spectral boundary in the combined boundary map; 0 = off.
         spectral_vectors: eigenvectors for globalisation (incl. the dropped constant one).
         spectral_gamma: affinity scale exp(-boundary / gamma) of the spectral graph.
-        spectral_max_pixels: the spectral graph is max-pooled to at most this many nodes;
-            None = exact at full resolution (very slow above ~10^5 pixels).
+        spectral_solver: "multilevel" (the pixel graph, multilevel LOBPCG: fast) | "pooled"
+            (a graph max-pooled to <= spectral_max_pixels nodes: approximate) | "shift_invert"
+            (the pixel graph by LU-based Lanczos: the slow reference).
+        spectral_max_pixels: node limit of the "pooled" solver; None = no pooling.
+        spectral_tol: "multilevel": a level's iterations stop when every eigenpair's relative
+            residual is below this.
+        spectral_iterations: "multilevel": LOBPCG iterations at most on its finest level.
         merge_threshold: merge while the lowest edge weight is below this (GGN join_thresh).
         edge_merge: "mean" (GGN: average of the two merged edges) | "length_weighted".
         rank: boundary | inside | inside_minus_boundary | boundary_minus_inside | ncut.
@@ -61,7 +67,10 @@ class GroupingOptions:
     globalization: float = 0.5
     spectral_vectors: int = 16
     spectral_gamma: float = 0.12
+    spectral_solver: str = "multilevel"
     spectral_max_pixels: int | None = 60_000
+    spectral_tol: float = 0.3
+    spectral_iterations: int = 2
     merge_threshold: float = 1.0
     edge_merge: str = "mean"
     rank: str = "boundary_minus_inside"
@@ -79,6 +88,10 @@ class GroupingOptions:
         if self.rank_potential not in RANK_POTENTIALS:
             raise ValueError(
                 f"unknown rank_potential {self.rank_potential!r}; expected one of {RANK_POTENTIALS}"
+            )
+        if self.spectral_solver not in SPECTRAL_SOLVERS:
+            raise ValueError(
+                f"unknown spectral_solver {self.spectral_solver!r}; expected one of {SPECTRAL_SOLVERS}"
             )
         if not 0.0 <= self.globalization <= 1.0:
             raise ValueError(f"globalization must be in [0, 1], got {self.globalization}")
@@ -104,8 +117,14 @@ def boundary_map(affinity: np.ndarray, labels: np.ndarray, options: GroupingOpti
     else:
         boundary = 1.0 - affinity
     if options.globalization > 0:
+        solver_options = EigenSolverOptions(tol=options.spectral_tol, finest_iterations=options.spectral_iterations)
         spectral = globalized_boundary(
-            boundary, options.spectral_vectors, options.spectral_gamma, options.spectral_max_pixels
+            boundary,
+            options.spectral_vectors,
+            options.spectral_gamma,
+            solver=options.spectral_solver,
+            max_pixels=options.spectral_max_pixels,
+            solver_options=solver_options,
         )
         boundary = (1.0 - options.globalization) * boundary + options.globalization * spectral
     return boundary.astype(np.float32)

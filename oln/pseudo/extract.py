@@ -5,7 +5,10 @@ shard `i % num_shards`; affinity maps are predicted in batches on the device and
 grouped into proposals by a pool of CPU workers while the next batch runs.
 Each finished image is appended to `out_path + ".partial.jsonl"`, so a killed
 run resumes where it stopped and the final shard file is the same bytes as an
-uninterrupted run's.
+uninterrupted run's. Progress (count, rate, ETA) is logged through `oln.progress`.
+Unreadable images are skipped with a warning; when more than
+`ExtractOptions.max_skipped_fraction` of a shard's images are (a wrong image root),
+the stage fails and writes no shard.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -28,11 +33,12 @@ from pycocotools import mask as mask_utils
 
 from oln.affinity.model import load_pa_model
 from oln.affinity.predict import predict_affinity
-from oln.data.coco import UnreadableImage, annotation_to_rle, load_image
+from oln.data.coco import UnreadableImage, annotation_to_rle, check_skipped, load_image
 from oln.data.filtering import filter_training_images
 from oln.engine import resolve_device
 from oln.grouping import GroupingOptions, affinity_to_proposals
 from oln.io import append_jsonl, read_json, read_jsonl, write_json, write_text
+from oln.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,10 @@ class ExtractOptions:
         num_workers: CPU processes grouping affinity maps (0 = in the main process).
         device: auto | cpu | cuda | cuda:N for affinity inference.
         max_side: downscale images whose longer side exceeds this before inference and
-            grouping (masks are resized back to the original size); None = full size.
+            grouping, with a logged message (masks are resized back to the original size);
+            bounds grouping memory (~1 GB for the full setting at 1333 x 1000); None = full size.
+        max_skipped_fraction: fail (no shard written) when more than this share of the shard's
+            images cannot be read, e.g. a wrong image root; fewer are skipped with a counted warning.
         grouping: GroupingOptions (defaults = GGN's extraction setting).
     """
 
@@ -55,7 +64,8 @@ class ExtractOptions:
     batch_size: int = 4
     num_workers: int = 2
     device: str = "auto"
-    max_side: int | None = None
+    max_side: int | None = 1333
+    max_skipped_fraction: float = 0.5
     grouping: GroupingOptions = field(default_factory=GroupingOptions)
 
 
@@ -142,20 +152,53 @@ class _InlinePool:
     """Stand-in for a process pool when num_workers == 0."""
 
     class _Done:
-        def __init__(self, value):
+        def __init__(self, value: Any) -> None:
             self.value = value
 
-        def get(self):
+        def get(self) -> Any:
             return self.value
 
-    def apply_async(self, fn, args):
+    def apply_async(self, fn: Callable, args: tuple) -> _Done:
         return self._Done(fn(*args))
 
-    def close(self):
+    def close(self) -> None:
         pass
 
-    def join(self):
+    def join(self) -> None:
         pass
+
+
+@dataclass
+class _Shard:
+    """The images of one shard and what their records need.
+
+    Attributes:
+        model_path: affinity model file.
+        image_root: folder the images' `file_name`s are relative to.
+        source: name stored in every record.
+        images: the shard's images, sorted by id.
+        annotations: annotations by image id (for `gt_iou`).
+        category_ids: categories whose annotations count for `gt_iou`; None = all.
+        partial: progress file: a settings line, then one line per finished image.
+    """
+
+    model_path: Path
+    image_root: Path
+    source: str
+    images: list[dict]
+    annotations: dict[int, list[dict]]
+    category_ids: set[int] | None
+    partial: Path
+
+
+@dataclass
+class _Pending:
+    """An image whose grouping job (None: unreadable image) is not collected yet."""
+
+    info: dict
+    job: Any
+    started: float
+    extra_seconds: float
 
 
 def extract_shard(
@@ -186,77 +229,116 @@ def extract_shard(
             detector on those images only, so pseudo masks elsewhere would never be used).
     Returns:
         stats: num_images, num_skipped, skipped_files, num_proposals, seconds (sum of per-image times).
+    Raises:
+        ValueError: more than `options.max_skipped_fraction` of the shard's images cannot be read
+            (names the image root and the first unreadable file; no shard is written).
     """
     options = options or ExtractOptions()
     out_path = Path(out_path)
     if out_path.exists():
         return read_json(out_path)["stats"]
+    job = _load_shard(model_path, images_json, image_root, source, shard, num_shards, gt_category_ids,
+                      filter_empty_gt, Path(str(out_path) + ".partial.jsonl"))
+    settings = _settings_fingerprint(model_path, images_json, image_root, source, shard, num_shards, options,
+                                     gt_category_ids)
+    done = _resume(job.partial, settings, job.images)
+    progress = Progress(f"extract {source} shard {shard}/{num_shards}", total=len(job.images), start=len(done),
+                        enabled=int(os.environ.get("RANK", "0")) == 0, unit="img")
+    todo = [im for im in job.images if im["id"] not in done]
+    if todo:
+        _run(job, todo, options, done, progress)
+    progress.close()
+    stats, seconds = _write_shard(job, done, options.max_skipped_fraction, out_path)
+    log.info("shard %d/%d of %s: %d images, %d proposals, %.1f s of grouping+inference", shard, num_shards,
+             source, stats["num_images"], stats["num_proposals"], seconds)
+    return {**stats, "seconds": round(seconds, 3)}
+
+
+def _load_shard(model_path: str | os.PathLike, images_json: str | os.PathLike, image_root: str | os.PathLike,
+                source: str, shard: int, num_shards: int, gt_category_ids: list[int] | None,
+                filter_empty_gt: bool, partial: Path) -> _Shard:
+    """Read `images_json` and keep the images of one shard with their annotations (see `extract_shard`)."""
     data = read_json(images_json)
     images = data.get("images", [])
     if filter_empty_gt:
         images = filter_training_images(images, data.get("annotations") or [], gt_category_ids, str(images_json))
-    images = shard_images(images, shard, num_shards)
     by_image: dict[int, list[dict]] = {}
     for ann in data.get("annotations") or []:
         by_image.setdefault(ann["image_id"], []).append(ann)
-    category_ids = None if gt_category_ids is None else set(gt_category_ids)
+    return _Shard(model_path=Path(model_path), image_root=Path(image_root), source=source,
+                  images=shard_images(images, shard, num_shards), annotations=by_image,
+                  category_ids=None if gt_category_ids is None else set(gt_category_ids), partial=partial)
 
-    partial = Path(str(out_path) + ".partial.jsonl")
-    settings = {"settings": _settings_fingerprint(model_path, images_json, source, shard, num_shards, options,
-                                                  gt_category_ids)}
+
+def _resume(partial: Path, settings: str, images: list[dict]) -> dict[int, dict]:
+    """Finished images of a killed run with the same settings, by id; rewrites `partial` to hold just them.
+
+    Progress of other settings, a line torn by the kill and images that were skipped as
+    unreadable (so a fixed image root or file is read again) are dropped.
+    """
+    header = {"settings": settings}
     done: dict[int, dict] = {}
     lines = read_jsonl(partial) if partial.exists() else []
-    if lines and lines[0] == settings:  # progress of a run with other settings is discarded
+    if lines and lines[0] == header:
         wanted = {im["id"] for im in images}
         for line in lines[1:]:
-            if line["image_id"] in wanted:
+            if line["image_id"] in wanted and not line["skipped"]:
                 done[line["image_id"]] = line
-    # rewrite: settings header + finished images (drops a torn tail or stale progress)
-    write_text(partial, "".join(json.dumps(line) + "\n" for line in [settings, *done.values()]))
-    todo = [im for im in images if im["id"] not in done]
+    write_text(partial, "".join(json.dumps(line) + "\n" for line in [header, *done.values()]))
+    return done
 
-    if todo:
-        _run(model_path, image_root, source, todo, by_image, category_ids, options, partial, done)
 
+def _write_shard(job: _Shard, done: dict[int, dict], max_skipped_fraction: float,
+                 out_path: Path) -> tuple[dict, float]:
+    """Write the shard file from the finished images (in id order) and remove the progress file.
+
+    Returns:
+        (stats as written, summed per-image seconds).
+    Raises:
+        ValueError: too many unreadable images (`check_skipped`); nothing is written.
+    """
     records, skipped, seconds = [], [], 0.0
-    for info in images:
+    for info in job.images:
         line = done[info["id"]]
         seconds += line["seconds"]
         if line["skipped"]:
             skipped.append(info["file_name"])
         records.extend(line["records"])
+    check_skipped(len(skipped), len(job.images), max_skipped_fraction, job.image_root,
+                  [str(job.image_root / name) for name in skipped], option="extract.max_skipped_fraction")
     stats = {
-        "num_images": len(images),
+        "num_images": len(job.images),
         "num_skipped": len(skipped),
         "skipped_files": skipped,
         "num_proposals": len(records),
     }
-    kept_images = [info for info in images if not done[info["id"]]["skipped"]]
+    kept_images = [info for info in job.images if not done[info["id"]]["skipped"]]
     write_json(
         out_path,
         {
-            "source": source,
-            "image_root": str(Path(image_root).resolve()),
+            "source": job.source,
+            "image_root": str(job.image_root.resolve()),
             "images": kept_images,
             "records": records,
             "stats": stats,
         },
     )
-    partial.unlink(missing_ok=True)
-    log.info("shard %d/%d of %s: %d images, %d proposals, %.1f s of grouping+inference", shard, num_shards,
-             source, len(images), len(records), seconds)
-    return {**stats, "seconds": round(seconds, 3)}
+    job.partial.unlink(missing_ok=True)
+    return stats, seconds
 
 
-def _settings_fingerprint(model_path, images_json, source, shard, num_shards, options, gt_category_ids) -> str:
+def _settings_fingerprint(model_path: str | os.PathLike, images_json: str | os.PathLike,
+                         image_root: str | os.PathLike, source: str, shard: int, num_shards: int,
+                         options: ExtractOptions, gt_category_ids: list[int] | None) -> str:
     """Hash of everything a shard's content depends on (model and images files by size and mtime)."""
     parts = {
-        "model": _file_stamp(model_path), "images": _file_stamp(images_json), "source": source, "shard": shard,
+        "model": _file_stamp(model_path), "images": _file_stamp(images_json),
+        "image_root": str(Path(image_root).resolve()), "source": source, "shard": shard,
         "num_shards": num_shards, "options": dataclasses.asdict(options),
         "gt_category_ids": None if gt_category_ids is None else sorted(gt_category_ids),
     }
-    parts["options"].pop("num_workers", None)
-    parts["options"].pop("device", None)
+    for key in ("num_workers", "device", "max_skipped_fraction"):  # do not change the records
+        parts["options"].pop(key, None)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -268,8 +350,14 @@ def _file_stamp(path: str | os.PathLike) -> list:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def _run(model_path, image_root, source, todo, by_image, category_ids, options, partial, done) -> None:
-    """Predict affinities batch by batch and group them in a worker pool, appending finished images."""
+def _run(job: _Shard, todo: list[dict], options: ExtractOptions, done: dict[int, dict],
+         progress: Progress) -> None:
+    """Predict affinities batch by batch and group them in a worker pool, appending finished images.
+
+    Grouping overlaps with the next batch's inference: up to `batch_size` images wait for
+    their worker while it runs. Finished images are collected (and `progress` updated) here,
+    in the main process, never in a worker.
+    """
     if options.num_workers > 0:
         # fork (cheap: modules already imported) is safe only before CUDA is initialised: pool first
         fork_ok = "fork" in multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized()
@@ -277,54 +365,65 @@ def _run(model_path, image_root, source, todo, by_image, category_ids, options, 
     else:
         pool = _InlinePool()
     grouping = dataclasses.asdict(options.grouping)
-    pending: deque = deque()
-
-    def finish(entry) -> None:
-        info, job, started, extra_seconds = entry
-        records = job.get() if job is not None else []
-        line = {
-            "image_id": info["id"],
-            "skipped": job is None,
-            "records": records,
-            "seconds": extra_seconds + (time.perf_counter() - started),
-        }
-        append_jsonl(partial, line)
-        done[info["id"]] = line
-
+    pending: deque[_Pending] = deque()
     try:
         device = resolve_device(options.device)
-        model, meta = load_pa_model(model_path, device)
+        model, meta = load_pa_model(job.model_path, device)
         for start in range(0, len(todo), options.batch_size):
-            batch = todo[start : start + options.batch_size]
             started = time.perf_counter()
-            tensors, infos, sizes = [], [], []
-            for info in batch:
-                try:
-                    image = load_image(
-                        Path(image_root) / info["file_name"], (info.get("height"), info.get("width"))
-                    )
-                except UnreadableImage as err:
-                    log.warning("skipping unreadable image: %s", err)
-                    pending.append((info, None, time.perf_counter(), 0.0))
-                    continue
-                tensors.append(_to_tensor(image, options.max_side))
-                infos.append(info)
-                sizes.append(image.shape[:2])
-            affinities = (
-                predict_affinity(model, tensors, meta, device, batch_size=len(tensors)) if tensors else []
-            )
+            readable, unreadable = _read_batch(todo[start : start + options.batch_size], job.image_root,
+                                               options.max_side)
+            pending.extend(_Pending(info, None, time.perf_counter(), 0.0) for info in unreadable)
+            tensors = [tensor for _, tensor, _ in readable]
+            affinities = predict_affinity(model, tensors, meta, device, batch_size=len(tensors)) if tensors else []
             per_image = (time.perf_counter() - started) / max(len(tensors), 1)
-            for info, hw, affinity in zip(infos, sizes, affinities):
+            for (info, _, hw), affinity in zip(readable, affinities):
                 reduced = affinity.min(dim=0).values.numpy() if affinity.ndim == 3 else affinity.numpy()
-                gt = _gt_rles(by_image.get(info["id"], []), {"height": hw[0], "width": hw[1]}, category_ids)
-                job = pool.apply_async(
-                    group_image, (reduced, hw, grouping, options.top_k, info["id"], source, gt)
-                )
-                pending.append((info, job, time.perf_counter(), per_image))
+                gt = _gt_rles(job.annotations.get(info["id"], []), {"height": hw[0], "width": hw[1]},
+                              job.category_ids)
+                result = pool.apply_async(group_image, (reduced, hw, grouping, options.top_k, info["id"],
+                                                        job.source, gt))
+                pending.append(_Pending(info, result, time.perf_counter(), per_image))
             while len(pending) > options.batch_size * (1 if options.num_workers else 0):
-                finish(pending.popleft())
+                _finish(pending.popleft(), job.partial, done, progress)
         while pending:
-            finish(pending.popleft())
+            _finish(pending.popleft(), job.partial, done, progress)
     finally:
         pool.close()
         pool.join()
+
+
+def _read_batch(batch: list[dict], image_root: Path,
+                max_side: int | None) -> tuple[list[tuple[dict, torch.Tensor, tuple[int, int]]], list[dict]]:
+    """Decode a batch of images.
+
+    Returns:
+        ([(info, float tensor (3, h, w) at most `max_side`, original (H, W))], unreadable infos).
+    """
+    readable, unreadable = [], []
+    for info in batch:
+        try:
+            image = load_image(image_root / info["file_name"], (info.get("height"), info.get("width")))
+        except UnreadableImage as err:
+            log.warning("skipping unreadable image: %s", err)
+            unreadable.append(info)
+            continue
+        if max_side is not None and max(image.shape[:2]) > max_side:
+            log.info("image %s: %dx%d is downsized to a longer side of max_side=%d for inference and "
+                     "grouping; its masks are upsampled back", info["id"], *image.shape[:2], max_side)
+        readable.append((info, _to_tensor(image, max_side), image.shape[:2]))
+    return readable, unreadable
+
+
+def _finish(entry: _Pending, partial: Path, done: dict[int, dict], progress: Progress) -> None:
+    """Collect one image's records, append them to the progress file and count the image done."""
+    records = entry.job.get() if entry.job is not None else []
+    line = {
+        "image_id": entry.info["id"],
+        "skipped": entry.job is None,
+        "records": records,
+        "seconds": entry.extra_seconds + (time.perf_counter() - entry.started),
+    }
+    append_jsonl(partial, line)
+    done[entry.info["id"]] = line
+    progress.update(len(done))

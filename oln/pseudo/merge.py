@@ -6,10 +6,13 @@ threshold and are among the `top_k` best left in their image. They get new
 annotation ids, `pseudo: 1`, and the id of an added category named "pseudo".
 Images of other sources are added with new ids and a `file_name` that resolves
 against the output's `image_root` (relative when possible, absolute otherwise).
+When more than `MergeOptions.max_skipped_fraction` of the annotated images (or of a
+shard's images) are missing under their root, the merge fails and writes nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -19,9 +22,11 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from oln.data.coco import UnreadableImage, annotation_to_rle, load_image
-from oln.io import atomic_path, decode_rle, read_json, write_json
+from oln.data.coco import UnreadableImage, annotation_to_rle, check_skipped, load_image
+from oln.io import atomic_path, read_json, write_json
+from oln.rle import decode_rle
 
+log = logging.getLogger(__name__)
 PSEUDO_CATEGORY_NAME = "pseudo"
 
 
@@ -36,6 +41,9 @@ class MergeOptions:
         min_area: drop pseudo masks with fewer pixels.
         gallery_images: images drawn in the gallery PNG.
         recall_iou: IoU at which an unseen-category object counts as recalled (stats).
+        max_skipped_fraction: fail (nothing written) when more than this share of the images of
+            the annotated json, or of a shard, are missing under their image root (e.g. a wrong
+            `--image-root`); fewer are kept with a counted warning.
     """
 
     max_gt_iou: float = 0.5
@@ -44,6 +52,7 @@ class MergeOptions:
     min_area: int = 0
     gallery_images: int = 12
     recall_iou: float = 0.5
+    max_skipped_fraction: float = 0.5
 
 
 def _resolved(root: str | os.PathLike, file_name: str) -> str:
@@ -59,15 +68,15 @@ def _relative_file_name(path: str, image_root: str | os.PathLike) -> str:
 
 
 def merge_pseudo(
-    gt_json,
+    gt_json: str | os.PathLike,
     shard_paths: list[str],
     seen_category_ids: list[int],
     options: MergeOptions | None,
-    out_json,
-    stats_json,
-    gallery_png,
-    image_root,
-    full_gt_json=None,
+    out_json: str | os.PathLike,
+    stats_json: str | os.PathLike,
+    gallery_png: str | os.PathLike,
+    image_root: str | os.PathLike,
+    full_gt_json: str | os.PathLike | None = None,
 ) -> dict:
     """Write the merged training json, its stats json and a gallery of kept pseudo masks.
 
@@ -82,39 +91,91 @@ def merge_pseudo(
             recall of unseen-category objects by the kept pseudo masks.
     Returns:
         the stats dict.
+    Raises:
+        ValueError: more than `options.max_skipped_fraction` of the images of `gt_json` (or of a
+            shard) are missing under their root; names the root and the first missing file.
     """
     options = options or MergeOptions()
     gt = read_json(gt_json)
     seen = set(seen_category_ids)
+    check_image_files(gt["images"], image_root, options.max_skipped_fraction)
     images = [dict(im) for im in gt["images"]]
     path_to_id = {_resolved(image_root, im["file_name"]): im["id"] for im in images}
-    annotations = [dict(a) for a in gt.get("annotations", []) if a["category_id"] in seen]
     categories = [dict(c) for c in gt.get("categories", [])]
     pseudo_id = max([c["id"] for c in categories], default=0) + 1
     categories.append({"id": pseudo_id, "name": PSEUDO_CATEGORY_NAME, "supercategory": PSEUDO_CATEGORY_NAME})
+    records_by_image = add_shard_images(shard_paths, images, path_to_id, image_root, options.max_skipped_fraction)
+    kept_by_image, dropped = select_pseudo_masks(records_by_image, options)
+    first_id = max([a["id"] for a in gt.get("annotations", [])], default=0) + 1
+    annotations = [dict(a) for a in gt.get("annotations", []) if a["category_id"] in seen]
+    annotations += pseudo_annotations(kept_by_image, pseudo_id, first_id)
+    merged = {"images": images, "annotations": annotations, "categories": categories}
+    for key in ("info", "licenses"):
+        if key in gt:
+            merged[key] = gt[key]
+    write_json(out_json, merged)
 
+    stats = merge_stats(merged, records_by_image, kept_by_image, dropped, pseudo_id)
+    if full_gt_json is not None:
+        stats["unseen_recall"] = unseen_recall(
+            read_json(full_gt_json), image_root, path_to_id, kept_by_image, seen, options.recall_iou
+        )
+    write_json(stats_json, stats, indent=2)
+    draw_gallery(merged, kept_by_image, image_root, gallery_png, options.gallery_images)
+    return stats
+
+
+def check_image_files(images: list[dict], image_root: str | os.PathLike, max_fraction: float) -> None:
+    """Fail (see `oln.data.coco.check_skipped`) when most `images` are missing under `image_root`.
+
+    Only existence is checked (cheap for COCO's 118k files); the trainer skips unreadable
+    images. A wrong image root otherwise gives a json whose images all fail to load.
+    """
+    missing = [path for path in (_resolved(image_root, im["file_name"]) for im in images) if not os.path.isfile(path)]
+    check_skipped(len(missing), len(images), max_fraction, image_root, missing, option="merge.max_skipped_fraction")
+
+
+def add_shard_images(shard_paths: list[str], images: list[dict], path_to_id: dict[str, int],
+                     image_root: str | os.PathLike, max_fraction: float) -> dict[int, list[dict]]:
+    """Map every shard image to an output image, adding images of other sources, and group records.
+
+    Args:
+        shard_paths: shard files of `extract_shard` (read in sorted order).
+        images: output images; a shard image whose file is not among them is appended with the
+            next id, its `source` and a `file_name` that resolves against `image_root`.
+        path_to_id: resolved file path -> output image id; updated with the added images.
+        image_root: root of the output json.
+        max_fraction: fail when more than this share of a shard's images are missing.
+    Returns:
+        proposal records by output image id, in shard order.
+    """
     next_image_id = max([im["id"] for im in images], default=0) + 1
     records_by_image: dict[int, list[dict]] = {}
     for shard_path in sorted(shard_paths):
         shard = read_json(shard_path)
+        check_image_files(shard.get("images", []), shard["image_root"], max_fraction)
         id_map = {}
         for info in shard.get("images", []):
             path = _resolved(shard["image_root"], info["file_name"])
             if path not in path_to_id:
-                new = dict(
-                    info,
-                    id=next_image_id,
-                    file_name=_relative_file_name(path, image_root),
-                    source=shard["source"],
-                )
-                images.append(new)
+                images.append(dict(info, id=next_image_id, file_name=_relative_file_name(path, image_root),
+                                   source=shard["source"]))
                 path_to_id[path] = next_image_id
                 next_image_id += 1
             id_map[info["id"]] = path_to_id[path]
         for record in shard["records"]:
             records_by_image.setdefault(id_map[record["image_id"]], []).append(record)
+    return records_by_image
 
-    dropped = Counter()
+
+def select_pseudo_masks(records_by_image: dict[int, list[dict]],
+                        options: MergeOptions) -> tuple[dict[int, list[dict]], Counter]:
+    """Filter each image's proposals (GT overlap, score, area), best first, and keep its top k.
+
+    Returns:
+        (kept records by image id, in image id order; counts of dropped records by reason).
+    """
+    dropped: Counter = Counter()
     kept_by_image: dict[int, list[dict]] = {}
     for image_id in sorted(records_by_image):
         candidates = []
@@ -129,15 +190,17 @@ def merge_pseudo(
                 candidates.append(record)
         dropped["over_top_k"] += max(0, len(candidates) - options.top_k)
         kept_by_image[image_id] = candidates[: options.top_k]
+    return kept_by_image, dropped
 
-    next_ann_id = (
-        max([a["id"] for a in annotations] + [a["id"] for a in gt.get("annotations", [])], default=0) + 1
-    )
+
+def pseudo_annotations(kept_by_image: dict[int, list[dict]], pseudo_id: int, first_id: int) -> list[dict]:
+    """COCO annotations (`pseudo: 1`, category `pseudo_id`) of the kept records, ids from `first_id`."""
+    annotations = []
     for image_id, records in kept_by_image.items():
         for record in records:
             annotations.append(
                 {
-                    "id": next_ann_id,
+                    "id": first_id + len(annotations),
                     "image_id": image_id,
                     "category_id": pseudo_id,
                     "segmentation": record["segmentation"],
@@ -149,19 +212,21 @@ def merge_pseudo(
                     "source": record["source"],
                 }
             )
-            next_ann_id += 1
-    merged = {"images": images, "annotations": annotations, "categories": categories}
-    for key in ("info", "licenses"):
-        if key in gt:
-            merged[key] = gt[key]
-    write_json(out_json, merged)
+    return annotations
 
+
+def merge_stats(merged: dict, records_by_image: dict[int, list[dict]], kept_by_image: dict[int, list[dict]],
+                dropped: Counter, pseudo_id: int) -> dict:
+    """Counts of the merged json: images, GT and pseudo annotations, drops by reason, score histogram."""
     kept_scores = [r["score"] for records in kept_by_image.values() for r in records]
+    num_candidates = sum(len(v) for v in records_by_image.values())
+    if not kept_scores:
+        log.warning("no pseudo mask kept (%d candidates in %d images)", num_candidates, len(records_by_image))
     counts, edges = np.histogram(kept_scores, bins=10) if kept_scores else (np.zeros(0), np.zeros(0))
-    stats = {
-        "num_images": len(images),
-        "num_gt_annotations": len(annotations) - len(kept_scores),
-        "num_pseudo_candidates": sum(len(v) for v in records_by_image.values()),
+    return {
+        "num_images": len(merged["images"]),
+        "num_gt_annotations": len(merged["annotations"]) - len(kept_scores),
+        "num_pseudo_candidates": num_candidates,
         "num_pseudo_kept": len(kept_scores),
         "dropped": dict(sorted(dropped.items())),
         "kept_per_image": {
@@ -170,13 +235,6 @@ def merge_pseudo(
         "score_histogram": {"edges": edges.tolist(), "counts": counts.astype(int).tolist()},
         "pseudo_category_id": pseudo_id,
     }
-    if full_gt_json is not None:
-        stats["unseen_recall"] = unseen_recall(
-            read_json(full_gt_json), image_root, path_to_id, kept_by_image, seen, options.recall_iou
-        )
-    write_json(stats_json, stats, indent=2)
-    draw_gallery(merged, kept_by_image, image_root, gallery_png, options.gallery_images)
-    return stats
 
 
 def unseen_recall(
@@ -231,7 +289,8 @@ def draw_gallery(
     for image_id in chosen:
         try:
             image = load_image(Path(image_root) / infos[image_id]["file_name"]).astype(np.float32)
-        except UnreadableImage:
+        except UnreadableImage as err:
+            log.warning("gallery: skipping unreadable image: %s", err)
             continue
         for record in kept_by_image[image_id]:
             mask = decode_rle(record["segmentation"])

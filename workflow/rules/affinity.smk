@@ -9,12 +9,9 @@ rule train_pa:
         log_jsonl=f"{OUT}/pa/log.jsonl",
         curve=report(f"{OUT}/pa/curve.png", caption="../report/pa_curve.rst", category="Pairwise affinity"),
     params:
-        seen=json.dumps(DATASET["seen"]),
-        unseen=json.dumps(DATASET["unseen"]),
-        device=config["device"],
-        section=section("pa_train"),
-        dataset=section("dataset"),
-        code=code_hash("oln/affinity", "oln/backbones.py", "oln/engine.py", "oln/data/coco.py", "oln/data/transforms.py"),
+        **split_params(device=True),
+        section=settings("pa_train"),
+        code=code_hash("train_pa"),
         image_root=DATA["train_images"],
         filter_flag=FILTER_FLAG,
         out_dir=lambda wildcards, output: str(Path(output.model).parent),
@@ -42,12 +39,9 @@ rule eval_pa:
         metrics=f"{OUT}/pa/metrics.json",
         grid=report(f"{OUT}/pa/grid.png", caption="../report/pa_grid.rst", category="Pairwise affinity"),
     params:
-        seen=EVAL_SEEN,
-        unseen=json.dumps(DATASET["unseen"]),
-        device=config["device"],
-        section=section("pa_eval"),
-        dataset=section("dataset"),
-        code=code_hash("oln/backbones.py", "oln/affinity", "oln/data/coco.py"),
+        **split_params(seen=EVAL_SEEN, device=True),
+        section=settings("pa_eval"),
+        code=code_hash("eval_pa"),
         image_root=DATA["val_images"],
     conda:
         "../../envs/oln.yaml"

@@ -1,5 +1,5 @@
 # Shared helpers: config validation (schema defaults), output paths, stage params.
-import hashlib
+import functools
 import json
 import os
 import shlex
@@ -7,7 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
-from oln.config import coerce_config_strings, deep_merge, validate_config
+from oln.code_hash import stage_code_hash
+from oln.config import coerce_config_strings, extract_settings, merged_runs, tracked_settings, validate_config
+from oln.data.folders import folder_fingerprint
 from snakemake.utils import update_config
 
 # Slurm sends SIGUSR1 (--signal=USR1@T) to the whole job before its time limit: Snakemake
@@ -31,26 +33,42 @@ DATASET = config["dataset"]
 # GGN trains PA and detectors (and so extracts pseudo-GT) on images with seen-class GT only.
 FILTER_FLAG = "--filter-empty-gt" if DATASET["filter_empty_gt"] else "--no-filter-empty-gt"
 # Categories treated as seen where the val set is evaluated (cross-dataset settings: none).
-EVAL_SEEN = json.dumps(DATASET["seen"] if DATASET["eval_seen"] is None else DATASET["eval_seen"])
+EVAL_SEEN = DATASET["seen"] if DATASET["eval_seen"] is None else DATASET["eval_seen"]
 SYNTHETIC = DATASET["kind"] == "synthetic"
 REPO = Path(workflow.basedir)
 
 
-def section(name):
-    """A config section as canonical JSON: a params value, so editing it re-runs the stage."""
-    return json.dumps(config[name], sort_keys=True)
+# Re-run scope: a rule's params are exactly what changes its outputs. Snakemake re-runs a job
+# when a params value changes, except a "derived" one (a function of threads, input, output or
+# resources), which it does not track: `untracked` wraps settings that never change outputs.
 
 
-def code_hash(*paths):
-    """Hash of the library files a stage runs: a params value, so code edits re-run it."""
-    digest = hashlib.sha256()
-    for rel in paths:
-        root = REPO / rel
-        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
-        for path in files:
-            digest.update(path.relative_to(REPO).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+def settings(name, values=None):
+    """Config section `name` (or `values` taken from it) as canonical JSON, without the keys
+    that never change outputs (oln.config.OUTPUT_NEUTRAL_KEYS): the stage's `--params`."""
+    return json.dumps(tracked_settings(name, config[name] if values is None else values), sort_keys=True)
+
+
+@functools.cache
+def code_hash(command):
+    """Hash of the code a stage runs: its command module `oln/commands/<command>.py` and every
+    `oln` module it imports (oln.code_hash); editing one of them re-runs the stage."""
+    return stage_code_hash([f"oln.commands.{command}"], REPO / "oln")
+
+
+def split_params(seen=None, device=False):
+    """The params of a stage on the category split: seen ids (default: the training split's) and
+    unseen ids as JSON, and the device when the stage runs a network."""
+    params = {"seen": json.dumps(DATASET["seen"] if seen is None else seen), "unseen": json.dumps(DATASET["unseen"])}
+    if device:
+        params["device"] = config["device"]
+    return params
+
+
+def untracked(value):
+    """A params value whose edits re-run nothing (for worker counts): Snakemake does not track a
+    param that is a function of `threads`."""
+    return lambda wildcards, threads: value
 
 
 def data_paths():
@@ -146,7 +164,7 @@ def pseudo_shards():
 def detector_runs():
     """Each run of detector.runs deep-merged over detector.defaults; a two_tower run's
     `grouping_run` must name another run that is not two_tower (its grouping tower)."""
-    runs = {name: deep_merge(config["detector"]["defaults"], run) for name, run in config["detector"]["runs"].items()}
+    runs = merged_runs(config["detector"])
     for name, run in runs.items():
         two_tower = run.get("detector", {}).get("arch") == "two_tower"
         grouping = run.get("grouping_run")

@@ -8,7 +8,7 @@ rule record_config:
         provenance=f"{OUT}/provenance.json",
     params:
         resolved=json.dumps(config, sort_keys=True),
-        code=code_hash("oln/provenance.py", "oln/commands/provenance.py", "oln/config.py"),
+        code=code_hash("record_config"),
         out_dir=OUT,
     conda:
         "../../envs/oln.yaml"
@@ -27,8 +27,8 @@ rule synthesize:
         val=f"{OUT}/data/val.json",
         unlabeled=f"{OUT}/data/unlabeled.json",
     params:
-        section=section("synthetic"),
-        code=code_hash("oln/data/synthetic.py", "oln/data/painting.py", "oln/data/shapes.py", "oln/io.py"),
+        section=settings("synthetic"),
+        code=code_hash("synthesize"),
         out_dir=lambda wildcards, output: str(Path(output.train).parent),
     conda:
         "../../envs/oln.yaml"
@@ -50,7 +50,7 @@ rule summarize_data:
         summary=f"{OUT}/data/summary.json",
         preview=report(f"{OUT}/data/preview.png", caption="../report/preview.rst", category="Data"),
     params:
-        code=code_hash("oln/data/summary.py"),
+        code=code_hash("summarize_data"),
         image_root=DATA["train_images"],
     conda:
         "../../envs/oln.yaml"

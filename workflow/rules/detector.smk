@@ -19,12 +19,9 @@ rule train_detector:
         curve=report(f"{OUT}/detector/{{run}}/curve.png", caption="../report/detector_curve.rst",
                      category="Detectors", subcategory="{run}"),
     params:
-        seen=json.dumps(DATASET["seen"]),
-        unseen=json.dumps(DATASET["unseen"]),
-        device=config["device"],
+        **split_params(device=True),
         run=lambda wildcards: json.dumps(RUNS[wildcards.run], sort_keys=True),
-        dataset=section("dataset"),
-        code=code_hash("oln/detector", "oln/backbones.py", "oln/engine.py", "oln/data/coco.py", "oln/data/transforms.py"),
+        code=code_hash("train_detector"),
         image_root=lambda wildcards: DATA["train_images"],
         filter_flag=FILTER_FLAG,
         grouping=lambda wildcards, input: f"--grouping-model {input.grouping}" if input.grouping else "",
@@ -53,9 +50,10 @@ rule predict:
         f"{OUT}/detector/{{run}}/predictions.json",
     params:
         device=config["device"],
-        section=section("predict"),
-        code=code_hash("oln/backbones.py", "oln/detector", "oln/data/coco.py"),
+        section=settings("predict"),
+        code=code_hash("predict"),
         image_root=DATA["val_images"],
+        workers=untracked(config["predict"]["num_workers"]),
     conda:
         "../../envs/oln.yaml"
     log:
@@ -68,4 +66,4 @@ rule predict:
     shell:
         "OMP_NUM_THREADS={threads} exec oln predict --params {params.section:q}"
         " --model {input.model} --images-json {input.images} --image-root {params.image_root}"
-        " --out {output} --device {params.device} > {log} 2>&1"
+        " --out {output} --workers {params.workers} --device {params.device} > {log} 2>&1"

@@ -8,11 +8,9 @@ rule evaluate:
     output:
         f"{OUT}/eval/{{name}}.json",
     params:
-        seen=EVAL_SEEN,
-        unseen=json.dumps(DATASET["unseen"]),
-        section=section("evaluate"),
-        dataset=section("dataset"),
-        code=code_hash("oln/evaluation"),
+        **split_params(seen=EVAL_SEEN),
+        section=settings("evaluate"),
+        code=code_hash("evaluate"),
     conda:
         "../../envs/oln.yaml"
     log:

@@ -7,6 +7,9 @@ rule index_folder:
         f"{OUT}/data/sources/{{source}}.json",
     params:
         folder=lambda wildcards: SOURCES[wildcards.source]["folder"],
+        # the folder's image names, sizes and mtimes: adding, removing or replacing one re-indexes
+        files=lambda wildcards: folder_fingerprint(SOURCES[wildcards.source]["folder"]),
+        code=code_hash("index_folder"),
     conda:
         "../../envs/oln.yaml"
     log:
@@ -26,12 +29,9 @@ rule extract_pseudo:
     output:
         f"{OUT}/pseudo/{{source}}/shard-{{shard}}-of-{{num_shards}}.json",
     params:
-        seen=json.dumps(DATASET["seen"]),
-        unseen=json.dumps(DATASET["unseen"]),
-        device=config["device"],
-        section=section("extract"),
-        dataset=section("dataset"),
-        code=code_hash("oln/backbones.py", "oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
+        **split_params(device=True),
+        section=settings("extract", extract_settings(config["extract"])),
+        code=code_hash("extract"),
         image_root=lambda wildcards: SOURCES[wildcards.source]["images"],
         filter_flag=lambda wildcards: FILTER_FLAG if wildcards.source == "train" else "--no-filter-empty-gt",
     conda:
@@ -60,11 +60,9 @@ rule merge_pseudo:
         gallery=report(f"{OUT}/pseudo/gallery.png", caption="../report/pseudo_gallery.rst",
                        category="Pseudo ground truth"),
     params:
-        seen=json.dumps(DATASET["seen"]),
-        unseen=json.dumps(DATASET["unseen"]),
-        section=section("merge"),
-        dataset=section("dataset"),
-        code=code_hash("oln/pseudo/merge.py"),
+        **split_params(),
+        section=settings("merge"),
+        code=code_hash("merge"),
         image_root=DATA["train_images"],
     conda:
         "../../envs/oln.yaml"
@@ -88,12 +86,9 @@ rule pa_proposals:
     output:
         f"{OUT}/pseudo/val_proposals.json",
     params:
-        seen=EVAL_SEEN,
-        unseen=json.dumps(DATASET["unseen"]),
-        device=config["device"],
-        section=section("extract"),
-        dataset=section("dataset"),
-        code=code_hash("oln/backbones.py", "oln/pseudo/extract.py", "oln/grouping", "oln/affinity", "oln/data/coco.py"),
+        **split_params(seen=EVAL_SEEN, device=True),
+        section=settings("extract", extract_settings(config["extract"], proposals=True)),
+        code=code_hash("extract"),
         image_root=DATA["val_images"],
     conda:
         "../../envs/oln.yaml"

@@ -19,11 +19,9 @@ rule report:
         comparison=report(f"{OUT}/plots/baseline_vs_ggn.png", caption="../report/comparison.rst",
                           category="Summary"),
     params:
-        seen=EVAL_SEEN,
-        unseen=json.dumps(DATASET["unseen"]),
-        section=section("report"),
-        dataset=section("dataset"),
-        code=code_hash("oln/plots.py", "oln/report.py"),
+        **split_params(seen=EVAL_SEEN),
+        section=settings("report"),
+        code=code_hash("report"),
         exp_dir=lambda wildcards, output: str(Path(output.csv).parent),
         image_root=DATA["val_images"],
     conda:

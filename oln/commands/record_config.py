@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
-from oln.cli import command
+from oln.commands.registry import command
 from oln.config import ConfigError, validate_config
+
+log = logging.getLogger(__name__)
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -24,4 +27,5 @@ def record_config(args: argparse.Namespace) -> dict:
         config = json.loads(args.resolved)
     except json.JSONDecodeError as err:
         raise ConfigError(f"--resolved is not valid JSON ({err})") from err
+    log.info("recording the config and provenance of %s", args.out_dir)
     return record_experiment(validate_config(config), args.out_dir, args.repo)

@@ -1,12 +1,12 @@
-"""Detector subcommands: train-detector, predict."""
+"""The train-detector subcommand: a class-agnostic detector on seen GT (+ pseudo-GT)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
-from oln.cli import command, config_of, section_of
 from oln.commands.common import (
     add_device_argument,
     add_filter_argument,
@@ -14,10 +14,13 @@ from oln.commands.common import (
     categories_of,
     split_ids,
 )
-from oln.config import ConfigError, options_from_dict
+from oln.commands.registry import command, config_of
+from oln.config import ConfigError, merged_runs, options_from_dict, validate_run
+
+log = logging.getLogger(__name__)
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
+def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="config/config.yaml", help="experiment YAML (default: %(default)s)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--run", help="name of a run in detector.runs (with --config)")
@@ -40,27 +43,28 @@ def _file_sha256(path: Path) -> str:
 
 
 def run_options(args: argparse.Namespace) -> dict:
-    """The run's settings: --params JSON, or detector.runs[--run] merged over detector.defaults."""
-    from oln.config import deep_merge, validate_config
-
+    """The run's settings: --params (a run merged over detector.defaults already, as the rules
+    pass it), or detector.runs[--run] of --config merged by `oln.config.merged_runs`."""
     if args.params:
-        run = json.loads(args.params)
-        validate_config({"detector": {"runs": {"run": run}}})
-        return run
+        try:
+            return validate_run(json.loads(args.params))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--params is not valid JSON ({err})") from err
     if not args.run:
         raise ConfigError("train-detector needs --run NAME (a key of detector.runs) or --params")
     args.section = "detector"
-    detector = config_of(args)["detector"]
-    if args.run not in detector["runs"]:
-        raise ConfigError(f"detector.runs has no run '{args.run}' (runs: {sorted(detector['runs'])})")
-    return deep_merge(detector["defaults"], detector["runs"][args.run])
+    runs = merged_runs(config_of(args)["detector"])
+    if args.run not in runs:
+        raise ConfigError(f"detector.runs has no run '{args.run}' (runs: {sorted(runs)})")
+    return runs[args.run]
 
 
-@command("train-detector", "train a class-agnostic detector on seen GT (+ pseudo-GT)", None, _train_args)
+@command("train-detector", "train a class-agnostic detector on seen GT (+ pseudo-GT)", None, _args)
 def train_detector(args: argparse.Namespace) -> dict:
+    from oln.checkpoints import reset_stale_checkpoints
+    from oln.code_hash import stage_code_hash
     from oln.detector.train import DetectorTrainOptions
     from oln.detector.train import train_detector as run_training
-    from oln.io import reset_stale_checkpoints
 
     run = run_options(args)
     use_pseudo = bool(run.pop("pseudo"))
@@ -74,27 +78,11 @@ def train_detector(args: argparse.Namespace) -> dict:
     if options.detector.arch == "two_tower" and not options.detector.grouping_model:
         raise ConfigError(f"a two_tower run needs --grouping-model (detector/{grouping_run}/model.pt)")
     seen = split_ids(args.seen, categories_of(args.train_json))
-    reset_stale_checkpoints(args.out_dir, {**settings, "seen": seen, "pseudo": use_pseudo})
+    if reset_stale_checkpoints(args.out_dir, {**settings, "seen": seen, "pseudo": use_pseudo},
+                               stage_code_hash([__name__])):
+        log.info("removed checkpoints of other settings or code in %s", args.out_dir)
+    log.info("training %s (pseudo-GT: %s) on %s into %s", options.detector.arch, use_pseudo, args.train_json,
+             args.out_dir)
     path = run_training(args.train_json, args.image_root, seen, use_pseudo, options, args.out_dir,
                         filter_empty_gt=args.filter_empty_gt)
     return {"model": str(path)}
-
-
-def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="trained detector model.pt")
-    p.add_argument("--images-json", required=True, type=Path,
-                   help="COCO json of the images to run on (annotations not used)")
-    p.add_argument("--image-root", required=True, type=Path, help="folder the json's file_names are relative to")
-    p.add_argument("--out", required=True, type=Path, help="COCO results json")
-    add_device_argument(p)
-
-
-@command("predict", "detections on a COCO json's images -> COCO results json (boxes + RLE masks)", "predict",
-         _predict_args)
-def predict(args: argparse.Namespace) -> dict:
-    from oln.detector.predict import PredictOptions
-    from oln.detector.predict import predict as run
-
-    options = options_from_dict(PredictOptions, section_of(args), "predict")
-    options.device = args.device
-    return run(args.model, args.images_json, args.image_root, options, args.out)
