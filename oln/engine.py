@@ -18,20 +18,20 @@ permutation per epoch of the index stream), each sample's augmentation is seeded
 same batches and the same dropout as an uninterrupted one. Trainers call
 `seed_model_init(seed)` right before building their model, so the initial weights
 are a function of the seed too and two runs of a stage give the same weights.
+
+The pieces live in their own modules: device choice and DDP in `oln.devices`, the
+sample stream and seeding in `oln.seeding`, checkpoints and the log restore in
+`oln.resume`; this module holds the options, the schedule and the loop.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import random
-import resource
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +41,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from oln.checkpoints import save_torch
-from oln.io import append_jsonl, read_jsonl, remove_stale_temp_files, write_text
+from oln.devices import all_reduce_max, dist_setup, max_mem_mb, resolve_device, wrap_ddp
+from oln.io import append_jsonl, remove_stale_temp_files
 from oln.preemption import EXIT_CODES, StopFlag
 from oln.progress import Progress
+from oln.resume import CHECKPOINT_NAME, load_checkpoint, restore_log, save_checkpoint
+from oln.seeding import IterationBatchSampler, SeededDataset, mix_seed, sample_indices, seed_model_init
+
+__all__ = ["TrainOptions", "build_optimizer", "lr_factor", "resolve_device", "sample_indices", "seed_model_init",
+           "train"]
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, Any, torch.device], dict]
-CHECKPOINT_NAME = "last.pt"
 
 
 @dataclass
@@ -97,89 +101,6 @@ class TrainOptions:
     device: str = "auto"
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` -> cuda (cuda:LOCAL_RANK under torchrun) if available, else cpu."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
-MODEL_INIT_STREAM = -2  # mix_seed stream of the initial weights (-1: RNG before the first step)
-
-
-def mix_seed(*values: int) -> int:
-    """A well-mixed 63-bit seed from integers (pure function of its arguments)."""
-    words = [int(v) & 0xFFFFFFFF for v in values]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) >> 1
-
-
-def seed_model_init(seed: int) -> None:
-    """Seed the torch RNG that layer constructors draw initial weights from.
-
-    Call right before building a model: without it every process starts from other
-    weights and two runs with the same `seed` differ. Same value on every rank.
-    """
-    torch.manual_seed(mix_seed(seed, MODEL_INIT_STREAM))
-
-
-def sample_indices(seed: int, iteration: int, global_batch: int, dataset_size: int) -> list[int]:
-    """Dataset indices of the global batch of `iteration`: consecutive slices of an
-    endless stream of per-epoch permutations seeded by (seed, epoch)."""
-    start = iteration * global_batch
-    out: list[int] = []
-    epoch, offset = divmod(start, dataset_size)
-    while len(out) < global_batch:
-        generator = torch.Generator().manual_seed(mix_seed(seed, epoch))
-        perm = torch.randperm(dataset_size, generator=generator).tolist()
-        take = perm[offset : offset + global_batch - len(out)]
-        out.extend(take)
-        epoch, offset = epoch + 1, 0
-    return out
-
-
-class IterationBatchSampler:
-    """Yields, for iterations start..end-1, this rank's list of (index, sample_seed)."""
-
-    def __init__(self, seed: int, start: int, end: int, batch_size: int, dataset_size: int, rank: int,
-                 world_size: int):
-        self.seed, self.start, self.end = seed, start, end
-        self.batch_size, self.dataset_size = batch_size, dataset_size
-        self.rank, self.world_size = rank, world_size
-
-    def __len__(self) -> int:
-        return max(0, self.end - self.start)
-
-    def __iter__(self):
-        global_batch = self.batch_size * self.world_size
-        for it in range(self.start, self.end):
-            indices = sample_indices(self.seed, it, global_batch, self.dataset_size)
-            positions = range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-            yield [(indices[p], mix_seed(self.seed, it, p)) for p in positions]
-
-
-class SeededDataset(Dataset):
-    """Reseeds python/numpy/torch RNGs with the sample seed before reading an item, so
-    augmentations are a pure function of (seed, iteration, sample position)."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, sample_seed = key
-        random.seed(sample_seed)
-        np.random.seed(sample_seed % 2**32)
-        torch.manual_seed(sample_seed)
-        return self.dataset[index]
-
-
 def lr_factor(iteration: int, options: TrainOptions) -> float:
     """Learning-rate multiplier at `iteration` (warmup times decay)."""
     if options.schedule == "step":
@@ -198,6 +119,7 @@ def lr_factor(iteration: int, options: TrainOptions) -> float:
 
 
 def build_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+    """SGD or AdamW (`options.optimizer`) over the trainable parameters of `model`."""
     params = [p for p in model.parameters() if p.requires_grad]
     if options.optimizer == "sgd":
         return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
@@ -206,86 +128,6 @@ def build_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Opti
         return torch.optim.AdamW(params, lr=options.lr, betas=(options.momentum, 0.999),
                                  weight_decay=options.weight_decay)
     raise ValueError(f"optimizer must be sgd | adamw, got {options.optimizer!r}")
-
-
-def _rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _max_mem_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _dist_setup(device_name: str) -> tuple[int, int, torch.device, bool]:
-    """(rank, world_size, device, created_group). Starts a process group under torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size <= 1:
-        return 0, 1, resolve_device(device_name), False
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        created = True
-    return dist.get_rank(), dist.get_world_size(), device, created
-
-
-def _all_reduce_max(value: float, device: torch.device, world_size: int) -> float:
-    if world_size <= 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
-def _load_checkpoint(ckpt_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any) -> tuple[int, int, list[dict] | None]:
-    """Restore model, optimiser, schedule and RNGs from `ckpt_path` if it exists.
-
-    Returns:
-        (iteration, skipped steps, the checkpoint's log records or None); (0, 0, None) without one.
-    """
-    if not ckpt_path.exists():
-        return 0, 0, None
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    _set_rng_states(ckpt["rng"])
-    return int(ckpt["iteration"]), int(ckpt.get("skipped_steps", 0)), ckpt.get("log")
-
-
-def _restore_log(log_path: Path, records: list[dict] | None, iteration: int) -> list[dict]:
-    """Rewrite `log_path` with the records up to `iteration` and return them.
-
-    `records` are the checkpoint's (so a log deleted after a kill comes back); None
-    (no checkpoint, or one of an older version) keeps what `log_path` holds. Records a
-    killed run wrote after its last checkpoint are dropped: the resumed run redoes them.
-    """
-    if records is None:
-        records = read_jsonl(log_path) if log_path.exists() else []
-    records = [r for r in records if r.get("iter", 0) <= iteration]
-    write_text(log_path, "".join(_json_line(r) for r in records))
-    return records
-
-
-def _json_line(record: dict) -> str:
-    return json.dumps(record) + "\n"
 
 
 @dataclass
@@ -344,7 +186,7 @@ def train(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rank, world_size, device, created_group = _dist_setup(options.device)
+    rank, world_size, device, created_group = dist_setup(options.device)
     if len(dataset) == 0:
         raise ValueError("empty training dataset")
     run = _start_run(model, options, out_dir, desc, rank, world_size, device)
@@ -380,24 +222,15 @@ def _start_run(model: nn.Module, options: TrainOptions, out_dir: Path, desc: str
     if rank == 0:  # leftovers of a write interrupted by a kill (checkpoints can be large)
         remove_stale_temp_files(out_dir)
         remove_stale_temp_files(ckpt_path.parent)
-    start_iter, skipped, saved_log = _load_checkpoint(ckpt_path, model, optimizer, scheduler)
+    start_iter, skipped, saved_log = load_checkpoint(ckpt_path, model, optimizer, scheduler)
     if rank == 0 and ckpt_path.exists():
         log.info("%s: resuming from %s at iteration %d", desc, ckpt_path, start_iter)
-    history = _restore_log(log_path, saved_log, start_iter) if rank == 0 else []
-    train_model = _wrap_ddp(model, device, world_size)
+    history = restore_log(log_path, saved_log, start_iter) if rank == 0 else []
+    train_model = wrap_ddp(model, device, world_size)
     return _Run(options=options, desc=desc, rank=rank, world_size=world_size, device=device, use_amp=use_amp,
                 model=train_model, raw_model=train_model.module if world_size > 1 else train_model,
                 optimizer=optimizer, scheduler=scheduler, ckpt_path=ckpt_path, log_path=log_path,
                 start_iter=start_iter, skipped=skipped, history=history)
-
-
-def _wrap_ddp(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
-    """`model` in DistributedDataParallel (SyncBatchNorm on CUDA) when there are several processes."""
-    if world_size <= 1:
-        return model
-    if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _train_loop(run: _Run, loader: DataLoader, loss_fn: LossFn, stop: StopFlag) -> None:
@@ -434,7 +267,7 @@ def _train_step(run: _Run, loss_fn: LossFn, batch: Any, iteration: int) -> tuple
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=run.use_amp):
         losses = loss_fn(run.model, batch, run.device)
     loss = sum(v.float() for v in losses.values())
-    finite = _all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, run.device, run.world_size) == 0
+    finite = all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, run.device, run.world_size) == 0
     run.optimizer.zero_grad(set_to_none=True)
     if finite:
         loss.backward()
@@ -465,7 +298,7 @@ def _log_window(run: _Run, window: dict[str, list[float]], values: dict[str, flo
         return window
     if run.rank == 0:
         record = {"iter": done, **{k: float(np.mean(v)) for k, v in window.items()}, "lr": lr,
-                  "max_mem_mb": _max_mem_mb(run.device), "skipped_steps": run.skipped}
+                  "max_mem_mb": max_mem_mb(run.device), "skipped_steps": run.skipped}
         append_jsonl(run.log_path, record)
         run.history.append(record)
     return {}
@@ -477,7 +310,7 @@ def _checkpoint_or_stop(run: _Run, stop: StopFlag, done: int) -> None:
     Raises:
         SystemExit: with the signal's exit code (see `oln.preemption.EXIT_CODES`).
     """
-    stop_now = _all_reduce_max(float(stop.signum or 0), run.device, run.world_size)
+    stop_now = all_reduce_max(float(stop.signum or 0), run.device, run.world_size)
     if done % run.options.checkpoint_every == 0 or done == run.options.iterations or stop_now:
         _save_checkpoint(run, done)
     if stop_now:
@@ -490,14 +323,5 @@ def _save_checkpoint(run: _Run, iteration: int) -> None:
     """Write `last.pt` (rank 0): weights, optimiser, schedule, RNGs and the log records so far."""
     if run.rank != 0:
         return
-    save_torch(run.ckpt_path, {
-        "model": run.raw_model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": None,  # bf16 autocast needs no gradient scaler
-        "rng": _rng_states(),
-        "iteration": iteration,
-        "skipped_steps": run.skipped,
-        "options": asdict(run.options),
-        "log": run.history,  # the JSONL records up to `iteration`, restored on resume
-    })
+    save_checkpoint(run.ckpt_path, run.raw_model, run.optimizer, run.scheduler, iteration, run.skipped, run.options,
+                    run.history)

@@ -231,3 +231,12 @@ def test_decoding_exif_orientation_moves_pixels(tmp_path):
     assert load_image(tmp_path / "r.png", expected_hw=(3, 2)).shape == (3, 2, 3)
     assert load_image(tmp_path / "r.png", expected_hw=(2, 3))[0, 0].tolist() == [255, 0, 0]  # raw kept
     assert load_image(tmp_path / "r.png", expected_hw=(None, None)).shape == (3, 2, 3)  # no size: as shown
+
+
+def test_an_empty_folder_source_fails_instead_of_indexing_nothing(tmp_path):
+    from oln.data.coco import images_json_from_folder
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        images_json_from_folder(tmp_path / "empty", tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()

@@ -10,7 +10,7 @@ from skimage.segmentation import find_boundaries
 from oln.grouping import GroupingOptions, affinity_to_proposals
 from oln.grouping.hierarchy import RegionGraph, dfs_intervals, merge_hierarchy, region_adjacency
 from oln.grouping.oversegment import oversegment
-from oln.grouping.ranking import candidate_statistics
+from oln.grouping.ranking import RANK_METHODS, candidate_statistics
 from oln.grouping.spectral import globalized_boundary
 
 FAST = dict(orientation=False, globalization=0.0)
@@ -161,9 +161,7 @@ def test_option_validation():
         GroupingOptions(rank="ncut_typo").validate()
 
 
-@pytest.mark.parametrize(
-    "rank", ["boundary", "inside", "inside_minus_boundary", "boundary_minus_inside", "ncut"]
-)
+@pytest.mark.parametrize("rank", RANK_METHODS)
 def test_every_rank_method_runs(rank):
     masks, scores = affinity_to_proposals(nested_map()[0], rank=rank, **FAST)
     assert len(masks) > 0 and np.all(np.diff(scores) <= 0)

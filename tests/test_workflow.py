@@ -208,7 +208,8 @@ def test_editing_a_module_reruns_exactly_the_stages_that_import_it(tiny, module,
 def test_images_added_to_a_folder_source_reindex_it(tiny, tmp_path):
     folder = tmp_path / "extra"
     folder.mkdir()
-    png = (tiny / EXP / "data/images").glob("*.png")
+    png = sorted((tiny / EXP / "data/images").rglob("*.png"))
+    assert png, "the tiny run wrote no PNG images"
     for i, image in zip(range(2), png):
         shutil.copy2(image, folder / f"{i}.png")
     edits = {"extract.sources": ["train", "unlabeled", {"name": "extra", "folder": str(folder)}]}

@@ -39,7 +39,7 @@ from oln.affinity.targets import (
     pairs_touching,
 )
 from oln.data.transforms import ResizeMaxSize
-from oln.engine import resolve_device
+from oln.devices import resolve_device
 from oln.io import atomic_path, write_json
 
 GROUPS = ("seen", "unseen", "all")

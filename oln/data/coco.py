@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from oln.data.filtering import filter_training_images
-from oln.data.folders import list_images
+from oln.data.folders import IMAGE_EXTENSIONS, list_images
 from oln.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,16 @@ def images_json_from_folder(folder: str | os.PathLike, out_json: str | os.PathLi
 
     Returns:
         {"num_images", "num_skipped", "skipped_files"}.
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: the folder holds no readable image (nothing is written).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: image folder does not exist")
     paths = list_images(folder)
+    if not paths:
+        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder source")
     images, skipped = [], []
     for path in paths:
         try:
@@ -139,6 +144,8 @@ def images_json_from_folder(folder: str | os.PathLike, out_json: str | os.PathLi
             continue
         rel = path.relative_to(folder).as_posix()
         images.append({"id": len(images) + 1, "file_name": rel, "height": height, "width": width})
+    if not images:
+        raise ValueError(f"{folder}: none of its {len(paths)} image files can be read (first: {skipped[0]})")
     write_json(out_json, {"images": images, "annotations": [], "categories": []})
     return {"num_images": len(images), "num_skipped": len(skipped), "skipped_files": skipped}
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from oln.data.coco import UnreadableImage, check_skipped, load_image
 from oln.detector.model import DetectorOptions, build_detector
-from oln.engine import resolve_device
+from oln.devices import resolve_device
 from oln.io import atomic_path, read_json
 from oln.progress import Progress
 from oln.rle import encode_masks

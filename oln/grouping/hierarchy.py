@@ -6,12 +6,13 @@ parent has a larger id than its children. Every node is a candidate segment.
 
 from __future__ import annotations
 
-import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
+
+from oln.grouping.edge_queue import EdgeQueue, OrderKey
 
 EDGE_MERGE_RULES = ("mean", "length_weighted")
 
@@ -130,17 +131,64 @@ def merge_hierarchy(graph: RegionGraph, threshold: float = 1.0, edge_merge: str 
     """
     if edge_merge not in EDGE_MERGE_RULES:
         raise ValueError(f"unknown edge_merge {edge_merge!r}; expected one of {EDGE_MERGE_RULES}")
+    state = _start_merging(graph, edge_merge == "length_weighted")
+    while (edge := _pop_live_edge(state, threshold)) is not None:
+        _merge_slots(state, *edge)
+    return MergeTree(
+        state.num_leaves,
+        np.asarray(state.parent, dtype=np.int64),
+        np.asarray(state.children, dtype=np.int64).reshape(-1, 2),
+        np.asarray(state.merge_weights, dtype=np.float64),
+    )
+
+
+@dataclass
+class _Merging:
+    """Work state of `merge_hierarchy`, indexed by slots 0..L-1.
+
+    A merged node takes over the slot of the child with more neighbours, so only the other
+    child's edges are re-keyed (smaller into larger).
+
+    Attributes:
+        num_leaves: L.
+        length_weighted: edge entries are (weight, boundary sum, boundary length), else weights.
+        edges: edges[slot][other slot] = the edge entry; None once the slot is absorbed.
+        node_in_slot: the node a slot holds; -1 once absorbed.
+        parent, children, merge_weights: the merge tree so far (see MergeTree).
+        edge_key: (slot, slot) -> the (a, b) of the edge between their nodes (`_edge_key_of`).
+        queue: queued edges by weight.
+    """
+
+    num_leaves: int
+    length_weighted: bool
+    edges: list[dict | None]
+    node_in_slot: list[int]
+    edge_key: OrderKey
+    queue: EdgeQueue
+    parent: list[int]
+    children: list[tuple[int, int]] = field(default_factory=list)
+    merge_weights: list[float] = field(default_factory=list)
+
+
+def _start_merging(graph: RegionGraph, length_weighted: bool) -> _Merging:
+    """The work state with every superpixel in its own slot and every graph edge queued."""
     num_leaves = graph.num_regions
-    length_weighted = edge_merge == "length_weighted"
-    # Work is indexed by slots 0..L-1: a merged node takes over the slot of the child with more
-    # neighbours, so only the other child's edges are re-keyed (smaller into larger).
-    # edges[slot][other slot] = weight ("mean") or (weight, boundary sum, boundary length).
     edges: list[dict | None] = [{} for _ in range(num_leaves)]
-    node_in_slot = list(range(num_leaves))  # -1 once the slot's node has been absorbed
+    node_in_slot = list(range(num_leaves))
+    edge_key = _edge_key_of(node_in_slot, num_leaves)
+    queue = EdgeQueue(num_leaves, edge_key)
+    for (a, b), w, n in zip(graph.edges.tolist(), graph.weights.tolist(), graph.lengths.tolist()):
+        edges[a][b] = edges[b][a] = (w, w * n, n) if length_weighted else w
+        queue.push(w, a, b)
+    return _Merging(num_leaves, length_weighted, edges, node_in_slot, edge_key, queue, parent=[-1] * num_leaves)
+
+
+def _edge_key_of(node_in_slot: list[int], num_leaves: int) -> OrderKey:
+    """Function (slot, slot) -> the (a, b) of the edge between the slots' nodes in GGN's order:
+    (small, large) between two superpixels, (newer node, older node) otherwise; None if a slot
+    was absorbed. It reads `node_in_slot` as it changes."""
 
     def edge_key(slot_a: int, slot_b: int) -> tuple[int, int] | None:
-        """The (a, b) of the edge between two slots' nodes in GGN's order, (small, large) between
-        two superpixels and (newer node, older node) otherwise; None if a slot was absorbed."""
         a, b = node_in_slot[slot_a], node_in_slot[slot_b]
         if a < 0 or b < 0:
             return None
@@ -148,124 +196,64 @@ def merge_hierarchy(graph: RegionGraph, threshold: float = 1.0, edge_merge: str 
             return a, b
         return b, a
 
-    queue = _EdgeQueue(num_leaves, edge_key)
-    for (a, b), w, n in zip(graph.edges.tolist(), graph.weights.tolist(), graph.lengths.tolist()):
-        edges[a][b] = edges[b][a] = (w, w * n, n) if length_weighted else w
-        queue.push(w, a, b)
-    parent = [-1] * num_leaves
-    children: list[tuple[int, int]] = []
-    merge_weights: list[float] = []
+    return edge_key
+
+
+def _pop_live_edge(state: _Merging, threshold: float) -> tuple[float, int, int] | None:
+    """Pop queue entries up to the lowest current edge: (weight, slot, slot); None when the queue
+    is empty or that weight is >= `threshold`. Entries of absorbed slots and replaced edges are dropped."""
+    queue, edges, node_in_slot, length_weighted = state.queue, state.edges, state.node_in_slot, state.length_weighted
     while queue:
         weight, slot_a, slot_b = queue.pop()
         if weight >= threshold:
-            break
+            return None
         if node_in_slot[slot_a] < 0 or node_in_slot[slot_b] < 0:
             continue  # an edge of a node that has merged since
         entry = edges[slot_a].get(slot_b)
         if entry is None or (entry[0] if length_weighted else entry) != weight:
             continue  # replaced by a combined edge of another weight
-        a, b = edge_key(slot_a, slot_b)
-        new = len(parent)
-        parent[a] = parent[b] = new
-        parent.append(-1)
-        children.append((a, b))
-        merge_weights.append(weight)
-        kept, absorbed = (slot_a, slot_b) if len(edges[slot_a]) >= len(edges[slot_b]) else (slot_b, slot_a)
-        merged, moved = edges[kept], edges[absorbed]
-        del merged[absorbed], moved[kept]
-        edges[absorbed] = None
-        node_in_slot[absorbed] = -1
-        node_in_slot[kept] = new
-        for other, entry in moved.items():
-            other_edges = edges[other]
-            del other_edges[absorbed]
-            mine = merged.get(other)
-            if mine is None:  # same weight, now to the new node
-                queue.rename(entry[0] if length_weighted else entry, absorbed, other, kept)
-            else:
-                entry = _combine(mine, entry) if length_weighted else (mine + entry) / 2.0
-                queue.push(entry[0] if length_weighted else entry, kept, other)
-            merged[other] = other_edges[kept] = entry
-    return MergeTree(
-        num_leaves,
-        np.asarray(parent, dtype=np.int64),
-        np.asarray(children, dtype=np.int64).reshape(-1, 2),
-        np.asarray(merge_weights, dtype=np.float64),
-    )
+        return weight, slot_a, slot_b
+    return None
+
+
+def _merge_slots(state: _Merging, weight: float, slot_a: int, slot_b: int) -> None:
+    """Merge the nodes of two slots into a new node, kept in the slot with more edges."""
+    a, b = state.edge_key(slot_a, slot_b)
+    parent = state.parent
+    new = len(parent)
+    parent[a] = parent[b] = new
+    parent.append(-1)
+    state.children.append((a, b))
+    state.merge_weights.append(weight)
+    edges = state.edges
+    kept, absorbed = (slot_a, slot_b) if len(edges[slot_a]) >= len(edges[slot_b]) else (slot_b, slot_a)
+    state.node_in_slot[absorbed] = -1
+    state.node_in_slot[kept] = new
+    _move_edges(state, kept, absorbed)
+
+
+def _move_edges(state: _Merging, kept: int, absorbed: int) -> None:
+    """Re-key the absorbed slot's edges to the kept slot, combining those both slots have."""
+    edges, queue, length_weighted = state.edges, state.queue, state.length_weighted
+    merged, moved = edges[kept], edges[absorbed]
+    del merged[absorbed], moved[kept]
+    edges[absorbed] = None
+    for other, entry in moved.items():
+        other_edges = edges[other]
+        del other_edges[absorbed]
+        mine = merged.get(other)
+        if mine is None:  # same weight, now to the new node
+            queue.rename(entry[0] if length_weighted else entry, absorbed, other, kept)
+        else:
+            entry = _combine(mine, entry) if length_weighted else (mine + entry) / 2.0
+            queue.push(entry[0] if length_weighted else entry, kept, other)
+        merged[other] = other_edges[kept] = entry
 
 
 def _combine(entry_a: tuple, entry_b: tuple) -> tuple[float, float, int]:
     """Length-weighted merge of two (weight, boundary sum, boundary length) edges."""
     total, length = entry_a[1] + entry_b[1], entry_a[2] + entry_b[2]
     return total / max(length, 1), total, length
-
-
-class _EdgeQueue:
-    """Queued edges (weight, slot, slot), popped by weight, equal weights by `order_key(slot, slot)`.
-
-    A heap of distinct float weights (float comparisons are several times cheaper than
-    tuple ones) and per weight the one slot-pair code a * num_slots + b, or, when several
-    edges share the weight, a heap of (order key, code). An edge's order key only grows
-    (it changes when an end merges into a newer node), so a stale key is refreshed when
-    it reaches the top. Entries are never removed early: the caller skips those whose slot
-    was absorbed (order key None) or whose edge was replaced by one of another weight; one
-    with the live edge's slots and weight is ordered exactly like the live edge, so merges
-    happen in GGN's (weight, a, b) order.
-    """
-
-    def __init__(self, num_slots: int, order_key):
-        self.num_slots = num_slots
-        self.order_key = order_key
-        self.weights: list[float] = []
-        self.codes: dict[float, int | list[tuple[tuple[int, int] | None, int]]] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.weights)
-
-    def _keyed(self, code: int) -> tuple[tuple[int, int] | None, int]:
-        key = self.order_key(*divmod(code, self.num_slots))
-        return (key if key is not None else (-1, -1)), code
-
-    def push(self, weight: float, slot_a: int, slot_b: int) -> None:
-        code = slot_a * self.num_slots + slot_b
-        codes = self.codes.get(weight)
-        if codes is None:
-            self.codes[weight] = code
-            heapq.heappush(self.weights, weight)
-        elif type(codes) is int:
-            self.codes[weight] = [self._keyed(codes), self._keyed(code)]
-            heapq.heapify(self.codes[weight])
-        else:
-            heapq.heappush(codes, self._keyed(code))
-
-    def rename(self, weight: float, old: int, other: int, new: int) -> None:
-        """Make the queued live edge between slots `old` and `other` one between `new` and `other`."""
-        code = new * self.num_slots + other
-        codes = self.codes[weight]
-        if type(codes) is int:  # the live edge is queued under its weight, so this is it
-            self.codes[weight] = code
-        else:  # its old entry names an absorbed slot from now on
-            heapq.heappush(codes, self._keyed(code))
-
-    def pop(self) -> tuple[float, int, int]:
-        """Remove and return an entry of the lowest weight, the one with the smallest order key."""
-        weight = self.weights[0]
-        codes = self.codes[weight]
-        if type(codes) is int:
-            code = codes
-        else:
-            while True:
-                stored, code = codes[0]
-                key = self.order_key(*divmod(code, self.num_slots))
-                if key is None or key == stored:
-                    break
-                heapq.heapreplace(codes, (key, code))
-            heapq.heappop(codes)
-        if type(codes) is int or not codes:
-            heapq.heappop(self.weights)
-            del self.codes[weight]
-        slot_a, slot_b = divmod(code, self.num_slots)
-        return weight, slot_a, slot_b
 
 
 def subtree_sums(tree: MergeTree, values: np.ndarray) -> np.ndarray:

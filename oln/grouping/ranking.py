@@ -18,6 +18,9 @@ then give every node's statistics at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from enum import IntEnum
+
 import numpy as np
 
 from oln.grouping.hierarchy import LowestCommonAncestor, MergeTree, dfs_intervals, subtree_sums, unique_pairs
@@ -26,7 +29,20 @@ from oln.grouping.oversegment import thick_boundaries
 RANK_METHODS = ("boundary", "inside", "inside_minus_boundary", "boundary_minus_inside", "ncut")
 EMPTY_RANK_VALUE = 100.0  # GGN's value for segments without boundary or interior (ranked last)
 
-STAT_FIELDS = ("area", "sum", "border", "inner_sum", "inner_count", "outer_sum", "outer_count")
+
+class Stat(IntEnum):
+    """Column of one candidate statistic in the per-node accumulation array."""
+
+    AREA = 0
+    SUM = 1
+    BORDER = 2
+    INNER_SUM = 3
+    INNER_COUNT = 4
+    OUTER_SUM = 5
+    OUTER_COUNT = 6
+
+
+STAT_FIELDS = tuple(column.name.lower() for column in Stat)  # keys of `candidate_statistics`
 
 
 def check_rank_method(method: str) -> None:
@@ -35,14 +51,41 @@ def check_rank_method(method: str) -> None:
         raise ValueError(f"unknown rank method {method!r}; expected one of {RANK_METHODS}")
 
 
-def _boundary_neighbourhoods(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Pixels with a 4-neighbour of another label, and their 4 neighbour labels sorted ascending.
+@dataclass
+class _BoundaryPixels:
+    """Pixels with a 4-neighbour of another label.
 
-    Returns:
-        flat indices (P,) of those pixels in raster order; 4 int64 arrays (P,) of their
-        neighbour labels in ascending order (a pixel's own label stands in for
-        neighbours outside the image).
+    Attributes:
+        own: int64 (P,) their labels.
+        values: float64 (P,) their potential.
+        neighbours: 4 int64 arrays (P,) of their neighbour labels in ascending order (a pixel's
+            own label stands in for neighbours outside the image).
+        distinct: 4 bool arrays (P,): the j-th neighbour label is foreign and not a repeat of the one before.
+        num_foreign: int64 (P,) distinct foreign neighbour labels.
     """
+
+    own: np.ndarray
+    values: np.ndarray
+    neighbours: list[np.ndarray]
+    distinct: list[np.ndarray]
+    num_foreign: np.ndarray
+
+
+@dataclass
+class _PathUpdates:
+    """Weights added at the start of tree paths and subtracted where they stop.
+
+    Attributes:
+        starts, stops: (nodes, weights, statistic) in the order they are applied; a stop node
+            of -1 means the path runs to the root.
+    """
+
+    starts: list[tuple[np.ndarray, np.ndarray, Stat]] = field(default_factory=list)
+    stops: list[tuple[np.ndarray, np.ndarray, Stat]] = field(default_factory=list)
+
+
+def _boundary_pixels(labels: np.ndarray, flat_potential: np.ndarray) -> _BoundaryPixels:
+    """The pixels of `labels` with a 4-neighbour of another label, their values and neighbour labels."""
     width = labels.shape[1]
     on_boundary = np.flatnonzero(thick_boundaries(labels))
     centre = on_boundary + (width + 3) + 2 * (on_boundary // width)  # in the padded image
@@ -54,7 +97,13 @@ def _boundary_neighbourhoods(labels: np.ndarray) -> tuple[np.ndarray, list[np.nd
     n0, n2 = np.minimum(n0, n2), np.maximum(n0, n2)
     n1, n3 = np.minimum(n1, n3), np.maximum(n1, n3)
     n1, n2 = np.minimum(n1, n2), np.maximum(n1, n2)
-    return on_boundary, [n.astype(np.int64) for n in (n0, n1, n2, n3)]
+    neighbours = [n.astype(np.int64) for n in (n0, n1, n2, n3)]
+    own = labels.ravel()[on_boundary].astype(np.int64)
+    distinct = [neighbours[0] != own] + [
+        (neighbours[j] != own) & (neighbours[j] != neighbours[j - 1]) for j in (1, 2, 3)
+    ]
+    num_foreign = distinct[0].astype(np.int64) + distinct[1] + distinct[2] + distinct[3]
+    return _BoundaryPixels(own, flat_potential[on_boundary], neighbours, distinct, num_foreign)
 
 
 def candidate_statistics(
@@ -81,86 +130,120 @@ def candidate_statistics(
     if enter is None:
         enter, _ = dfs_intervals(tree)
     lca = lca or LowestCommonAncestor(tree, enter)
-    num_nodes = tree.num_nodes
-    flat_labels = labels.ravel()
-    leaf_stats = np.zeros((num_nodes, len(STAT_FIELDS)))
-    leaf_stats[: tree.num_leaves, 0] = np.bincount(flat_labels, minlength=tree.num_leaves)
     flat_potential = potential.ravel().astype(np.float64)
-    leaf_stats[: tree.num_leaves, 1] = np.bincount(flat_labels, flat_potential, minlength=tree.num_leaves)
+    per_node = _region_statistics(labels, flat_potential, tree)
+    pixels = _boundary_pixels(labels, flat_potential)
+    updates = _PathUpdates()
+    _single_neighbour_paths(pixels, tree, lca, updates)
+    _junction_paths(pixels, lca, enter, updates)
+    totals = _accumulate_up_tree(tree, per_node, updates)
+    return {name: totals[:, column] for name, column in zip(STAT_FIELDS, Stat)}
+
+
+def _region_statistics(labels: np.ndarray, flat_potential: np.ndarray, tree: MergeTree) -> np.ndarray:
+    """Per-node statistics array (num_nodes, len(Stat)) with each superpixel's area, sum and border.
+
+    The boundary columns and the merged nodes' rows are zero (filled by `_accumulate_up_tree`).
+    """
+    flat_labels = labels.ravel()
+    leaves = tree.num_leaves
+    per_node = np.zeros((tree.num_nodes, len(Stat)))
+    per_node[:leaves, Stat.AREA] = np.bincount(flat_labels, minlength=leaves)
+    per_node[:leaves, Stat.SUM] = np.bincount(flat_labels, flat_potential, minlength=leaves)
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    leaf_stats[: tree.num_leaves, 2] = np.bincount(border, minlength=tree.num_leaves)
+    per_node[:leaves, Stat.BORDER] = np.bincount(border, minlength=leaves)
+    return per_node
 
-    on_boundary, columns = _boundary_neighbourhoods(labels)
-    own = flat_labels[on_boundary].astype(np.int64)
-    values = flat_potential[on_boundary]
-    # distinct[j]: the j-th sorted neighbour label is foreign and not a repeat of the one before
-    distinct = [columns[0] != own] + [(columns[j] != own) & (columns[j] != columns[j - 1]) for j in (1, 2, 3)]
-    num_foreign = distinct[0].astype(np.int64) + distinct[1] + distinct[2] + distinct[3]
 
-    starts: list[tuple[np.ndarray, np.ndarray, int]] = []  # (nodes, values, stat column), added
-    stops: list[tuple[np.ndarray, np.ndarray, int]] = []  # subtracted (nodes may be -1 = none)
+def _single_neighbour_paths(pixels: _BoundaryPixels, tree: MergeTree, lca: LowestCommonAncestor,
+                            updates: _PathUpdates) -> None:
+    """Paths of boundary pixels with one foreign neighbour label, summed per (own, foreign) pair.
 
-    single = num_foreign == 1
-    if single.any():
-        a = own[single]
-        # the one foreign label: the smallest neighbour label, or the largest when that is the own
-        b = np.where(distinct[0], columns[0], columns[3])[single]
-        keys, inverse = unique_pairs(a, b, tree.num_leaves)
-        pair_sum = np.bincount(inverse, values[single])
-        pair_count = np.bincount(inverse).astype(np.float64)
-        a, b = keys // tree.num_leaves, keys % tree.num_leaves
-        joint = lca(a, b)
-        for column, weights in ((3, pair_sum), (4, pair_count)):
-            starts.append((a, weights, column))
-            stops.append((joint, weights, column))
-        for column, weights in ((5, pair_sum), (6, pair_count)):
-            starts.append((b, weights, column))
-            stops.append((joint, weights, column))
+    Such a pixel is on the inner boundary of the nodes from its own label up to (excluding)
+    the pair's LCA, and on the outer boundary of those from the foreign label up to it.
+    """
+    single = pixels.num_foreign == 1
+    if not single.any():
+        return
+    a = pixels.own[single]
+    # the one foreign label: the smallest neighbour label, or the largest when that is the own
+    b = np.where(pixels.distinct[0], pixels.neighbours[0], pixels.neighbours[3])[single]
+    keys, inverse = unique_pairs(a, b, tree.num_leaves)
+    pair_sum = np.bincount(inverse, pixels.values[single])
+    pair_count = np.bincount(inverse).astype(np.float64)
+    a, b = keys // tree.num_leaves, keys % tree.num_leaves
+    joint = lca(a, b)
+    for start, total, count in ((a, Stat.INNER_SUM, Stat.INNER_COUNT), (b, Stat.OUTER_SUM, Stat.OUTER_COUNT)):
+        for column, weights in ((total, pair_sum), (count, pair_count)):
+            updates.starts.append((start, weights, column))
+            updates.stops.append((joint, weights, column))
 
-    junction = num_foreign > 1
-    if junction.any():
-        a = own[junction]
-        v = values[junction]
-        ones = np.ones_like(v)
-        foreign_labels = np.stack(
-            [np.where(d[junction], c[junction], -1) for d, c in zip(distinct, columns)], axis=1
-        )
-        # inner: stop at the LCA of the own label and all neighbour labels
-        joint = a.copy()
-        for j in range(4):
-            ok = (foreign_labels[:, j] >= 0) & (joint >= 0)
-            joint[ok] = lca(joint[ok], foreign_labels[ok, j])
-        starts += [(a, v, 3), (a, ones, 4)]
-        stops += [(joint, v, 3), (joint, ones, 4)]
-        # outer: union of the neighbours' root paths, cut below the ancestors of the own label
-        order_key = np.where(
-            foreign_labels >= 0, enter[np.maximum(foreign_labels, 0)], np.iinfo(np.int64).max
-        )
-        foreign_labels = np.take_along_axis(foreign_labels, np.argsort(order_key, axis=1), axis=1)
-        deepest = np.full(len(a), -1, dtype=np.int64)
-        for j in range(4):
-            ok = foreign_labels[:, j] >= 0
-            starts += [(foreign_labels[ok, j], v[ok], 5), (foreign_labels[ok, j], ones[ok], 6)]
-            with_own = np.full(len(a), -1, dtype=np.int64)
-            with_own[ok] = lca(a[ok], foreign_labels[ok, j])
-            replace = (with_own >= 0) & (
-                (deepest < 0) | (lca.depth[np.maximum(with_own, 0)] > lca.depth[deepest])
-            )
-            deepest[replace] = with_own[replace]
-            if j < 3:
-                pair = ok & (foreign_labels[:, j + 1] >= 0)
-                meet = np.full(len(a), -1, dtype=np.int64)
-                meet[pair] = lca(foreign_labels[pair, j], foreign_labels[pair, j + 1])
-                stops += [(meet, v, 5), (meet, ones, 6)]
-        stops += [(deepest, v, 5), (deepest, ones, 6)]
 
-    diff = leaf_stats
-    for entries, sign in ((starts, 1.0), (stops, -1.0)):
+def _junction_paths(pixels: _BoundaryPixels, lca: LowestCommonAncestor, enter: np.ndarray,
+                    updates: _PathUpdates) -> None:
+    """Paths of boundary pixels with several foreign neighbour labels (one path per pixel)."""
+    junction = pixels.num_foreign > 1
+    if not junction.any():
+        return
+    own = pixels.own[junction]
+    values = pixels.values[junction]
+    foreign = np.stack(
+        [np.where(d[junction], n[junction], -1) for d, n in zip(pixels.distinct, pixels.neighbours)], axis=1
+    )
+    _junction_inner_paths(own, values, foreign, lca, updates)
+    _junction_outer_paths(own, values, foreign, lca, enter, updates)
+
+
+def _junction_inner_paths(own: np.ndarray, values: np.ndarray, foreign: np.ndarray, lca: LowestCommonAncestor,
+                          updates: _PathUpdates) -> None:
+    """Inner boundary: from the own label up to the LCA of it and all neighbour labels (-1 = none)."""
+    joint = own.copy()
+    for j in range(foreign.shape[1]):
+        ok = (foreign[:, j] >= 0) & (joint >= 0)
+        joint[ok] = lca(joint[ok], foreign[ok, j])
+    ones = np.ones_like(values)
+    updates.starts += [(own, values, Stat.INNER_SUM), (own, ones, Stat.INNER_COUNT)]
+    updates.stops += [(joint, values, Stat.INNER_SUM), (joint, ones, Stat.INNER_COUNT)]
+
+
+def _junction_outer_paths(own: np.ndarray, values: np.ndarray, foreign: np.ndarray, lca: LowestCommonAncestor,
+                          enter: np.ndarray, updates: _PathUpdates) -> None:
+    """Outer boundary: the union of the foreign labels' root paths, cut below the own label's ancestors.
+
+    With the foreign labels in DFS order, the union of their root paths is each path minus
+    the LCA path of consecutive ones; it stops at the deepest LCA of the own label with one.
+    """
+    order_key = np.where(foreign >= 0, enter[np.maximum(foreign, 0)], np.iinfo(np.int64).max)
+    foreign = np.take_along_axis(foreign, np.argsort(order_key, axis=1), axis=1)
+    ones = np.ones_like(values)
+    deepest = np.full(len(own), -1, dtype=np.int64)
+    last = foreign.shape[1] - 1
+    for j in range(foreign.shape[1]):
+        ok = foreign[:, j] >= 0
+        updates.starts += [(foreign[ok, j], values[ok], Stat.OUTER_SUM), (foreign[ok, j], ones[ok], Stat.OUTER_COUNT)]
+        with_own = np.full(len(own), -1, dtype=np.int64)
+        with_own[ok] = lca(own[ok], foreign[ok, j])
+        replace = (with_own >= 0) & ((deepest < 0) | (lca.depth[np.maximum(with_own, 0)] > lca.depth[deepest]))
+        deepest[replace] = with_own[replace]
+        if j < last:
+            pair = ok & (foreign[:, j + 1] >= 0)
+            meet = np.full(len(own), -1, dtype=np.int64)
+            meet[pair] = lca(foreign[pair, j], foreign[pair, j + 1])
+            updates.stops += [(meet, values, Stat.OUTER_SUM), (meet, ones, Stat.OUTER_COUNT)]
+    updates.stops += [(deepest, values, Stat.OUTER_SUM), (deepest, ones, Stat.OUTER_COUNT)]
+
+
+def _accumulate_up_tree(tree: MergeTree, per_node: np.ndarray, updates: _PathUpdates) -> np.ndarray:
+    """Add the path starts, subtract the path stops, then sum every node's subtree.
+
+    Returns:
+        float64 (num_nodes, len(Stat)) statistics of every node (`per_node` is modified).
+    """
+    for entries, sign in ((updates.starts, 1.0), (updates.stops, -1.0)):
         for nodes, weights, column in entries:
             keep = nodes >= 0
-            diff[:, column] += sign * np.bincount(nodes[keep], weights[keep], minlength=num_nodes)
-    totals = subtree_sums(tree, diff)
-    return {name: totals[:, i] for i, name in enumerate(STAT_FIELDS)}
+            per_node[:, column] += sign * np.bincount(nodes[keep], weights[keep], minlength=tree.num_nodes)
+    return subtree_sums(tree, per_node)
 
 
 def rank_values(stats: dict[str, np.ndarray], method: str = "boundary_minus_inside") -> np.ndarray:

@@ -9,19 +9,18 @@ uninterrupted run's. Progress (count, rate, ETA) is logged through `oln.progress
 Unreadable images are skipped with a warning; when more than
 `ExtractOptions.max_skipped_fraction` of a shard's images are (a wrong image root),
 the stage fails and writes no shard.
+
+The worker job and pool are in `oln.pseudo.workers`, the progress file in
+`oln.pseudo.partial_file`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,16 +28,17 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from oln.affinity.model import load_pa_model
 from oln.affinity.predict import predict_affinity
-from oln.data.coco import UnreadableImage, annotation_to_rle, check_skipped, load_image
+from oln.data.coco import UnreadableImage, check_skipped, load_image
 from oln.data.filtering import filter_training_images
-from oln.engine import resolve_device
-from oln.grouping import GroupingOptions, affinity_to_proposals
-from oln.io import append_jsonl, read_json, read_jsonl, write_json, write_text
+from oln.devices import resolve_device
+from oln.grouping import GroupingOptions
+from oln.io import append_jsonl, read_json, write_json
 from oln.progress import Progress
+from oln.pseudo.partial_file import resume_progress, settings_fingerprint
+from oln.pseudo.workers import group_image, gt_rles, start_pool
 
 log = logging.getLogger(__name__)
 
@@ -76,96 +76,14 @@ def shard_images(images: list[dict], shard: int, num_shards: int) -> list[dict]:
     return sorted(images, key=lambda im: im["id"])[shard::num_shards]
 
 
-def proposals_to_records(
-    masks: np.ndarray, scores: np.ndarray, image_id: int, source: str, gt_rles: list[dict]
-) -> list[dict]:
-    """Encode ranked masks as proposal records (RLE, bbox xywh, area, score, rank, gt_iou, source)."""
-    if len(masks) == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    areas = mask_utils.area(rles)
-    boxes = mask_utils.toBbox(rles)
-    if gt_rles:
-        gt_iou = mask_utils.iou(rles, gt_rles, [0] * len(gt_rles)).max(axis=1)
-    else:
-        gt_iou = np.zeros(len(rles))
-    records = []
-    for rank, rle in enumerate(rles):
-        records.append(
-            {
-                "image_id": int(image_id),
-                "segmentation": {
-                    "size": [int(v) for v in rle["size"]],
-                    "counts": rle["counts"].decode("ascii"),
-                },
-                "bbox": [float(v) for v in boxes[rank]],
-                "area": int(areas[rank]),
-                "score": float(scores[rank]),
-                "rank": rank,
-                "gt_iou": float(gt_iou[rank]),
-                "source": source,
-            }
-        )
-    return records
-
-
-def group_image(
-    affinity: np.ndarray,
-    orig_hw: tuple[int, int],
-    grouping: dict,
-    top_k: int,
-    image_id: int,
-    source: str,
-    gt_rles: list[dict],
-) -> list[dict]:
-    """Worker job: (H, W) affinity -> top-k proposal records at the original resolution."""
-    options = GroupingOptions(**grouping)
-    options.max_proposals = top_k
-    masks, scores = affinity_to_proposals(affinity, options)
-    if len(masks) and masks.shape[1:] != tuple(orig_hw):
-        height, width = orig_hw
-        masks = np.stack(
-            [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) for m in masks]
-        ).astype(bool)
-    return proposals_to_records(masks, scores, image_id, source, gt_rles)
-
-
-def _gt_rles(annotations: list[dict], info: dict, category_ids: set[int] | None) -> list[dict]:
-    rles = []
-    for ann in annotations:
-        if ann.get("iscrowd", 0) or (category_ids is not None and ann["category_id"] not in category_ids):
-            continue
-        rles.append(annotation_to_rle(ann, info["height"], info["width"]))
-    return rles
-
-
 def _to_tensor(image: np.ndarray, max_side: int | None) -> torch.Tensor:
+    """uint8 (H, W, 3) image -> float (3, h, w) in [0, 1], downscaled to a longer side of `max_side`."""
     height, width = image.shape[:2]
     if max_side is not None and max(height, width) > max_side:
         scale = max_side / max(height, width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
-
-
-class _InlinePool:
-    """Stand-in for a process pool when num_workers == 0."""
-
-    class _Done:
-        def __init__(self, value: Any) -> None:
-            self.value = value
-
-        def get(self) -> Any:
-            return self.value
-
-    def apply_async(self, fn: Callable, args: tuple) -> _Done:
-        return self._Done(fn(*args))
-
-    def close(self) -> None:
-        pass
-
-    def join(self) -> None:
-        pass
 
 
 @dataclass
@@ -239,9 +157,9 @@ def extract_shard(
         return read_json(out_path)["stats"]
     job = _load_shard(model_path, images_json, image_root, source, shard, num_shards, gt_category_ids,
                       filter_empty_gt, Path(str(out_path) + ".partial.jsonl"))
-    settings = _settings_fingerprint(model_path, images_json, image_root, source, shard, num_shards, options,
-                                     gt_category_ids)
-    done = _resume(job.partial, settings, job.images)
+    settings = settings_fingerprint(model_path, images_json, image_root, source, shard, num_shards, options,
+                                    gt_category_ids)
+    done = resume_progress(job.partial, settings, job.images)
     progress = Progress(f"extract {source} shard {shard}/{num_shards}", total=len(job.images), start=len(done),
                         enabled=int(os.environ.get("RANK", "0")) == 0, unit="img")
     todo = [im for im in job.images if im["id"] not in done]
@@ -268,24 +186,6 @@ def _load_shard(model_path: str | os.PathLike, images_json: str | os.PathLike, i
     return _Shard(model_path=Path(model_path), image_root=Path(image_root), source=source,
                   images=shard_images(images, shard, num_shards), annotations=by_image,
                   category_ids=None if gt_category_ids is None else set(gt_category_ids), partial=partial)
-
-
-def _resume(partial: Path, settings: str, images: list[dict]) -> dict[int, dict]:
-    """Finished images of a killed run with the same settings, by id; rewrites `partial` to hold just them.
-
-    Progress of other settings, a line torn by the kill and images that were skipped as
-    unreadable (so a fixed image root or file is read again) are dropped.
-    """
-    header = {"settings": settings}
-    done: dict[int, dict] = {}
-    lines = read_jsonl(partial) if partial.exists() else []
-    if lines and lines[0] == header:
-        wanted = {im["id"] for im in images}
-        for line in lines[1:]:
-            if line["image_id"] in wanted and not line["skipped"]:
-                done[line["image_id"]] = line
-    write_text(partial, "".join(json.dumps(line) + "\n" for line in [header, *done.values()]))
-    return done
 
 
 def _write_shard(job: _Shard, done: dict[int, dict], max_skipped_fraction: float,
@@ -327,29 +227,6 @@ def _write_shard(job: _Shard, done: dict[int, dict], max_skipped_fraction: float
     return stats, seconds
 
 
-def _settings_fingerprint(model_path: str | os.PathLike, images_json: str | os.PathLike,
-                         image_root: str | os.PathLike, source: str, shard: int, num_shards: int,
-                         options: ExtractOptions, gt_category_ids: list[int] | None) -> str:
-    """Hash of everything a shard's content depends on (model and images files by size and mtime)."""
-    parts = {
-        "model": _file_stamp(model_path), "images": _file_stamp(images_json),
-        "image_root": str(Path(image_root).resolve()), "source": source, "shard": shard,
-        "num_shards": num_shards, "options": dataclasses.asdict(options),
-        "gt_category_ids": None if gt_category_ids is None else sorted(gt_category_ids),
-    }
-    for key in ("num_workers", "device", "max_skipped_fraction"):  # do not change the records
-        parts["options"].pop(key, None)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _file_stamp(path: str | os.PathLike) -> list:
-    path = Path(path)
-    if not path.exists():
-        return [str(path)]
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-
-
 def _run(job: _Shard, todo: list[dict], options: ExtractOptions, done: dict[int, dict],
          progress: Progress) -> None:
     """Predict affinities batch by batch and group them in a worker pool, appending finished images.
@@ -358,12 +235,7 @@ def _run(job: _Shard, todo: list[dict], options: ExtractOptions, done: dict[int,
     their worker while it runs. Finished images are collected (and `progress` updated) here,
     in the main process, never in a worker.
     """
-    if options.num_workers > 0:
-        # fork (cheap: modules already imported) is safe only before CUDA is initialised: pool first
-        fork_ok = "fork" in multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized()
-        pool = multiprocessing.get_context("fork" if fork_ok else "spawn").Pool(options.num_workers)
-    else:
-        pool = _InlinePool()
+    pool = start_pool(options.num_workers)  # before CUDA is initialised (see `start_pool`)
     grouping = dataclasses.asdict(options.grouping)
     pending: deque[_Pending] = deque()
     try:
@@ -379,8 +251,7 @@ def _run(job: _Shard, todo: list[dict], options: ExtractOptions, done: dict[int,
             per_image = (time.perf_counter() - started) / max(len(tensors), 1)
             for (info, _, hw), affinity in zip(readable, affinities):
                 reduced = affinity.min(dim=0).values.numpy() if affinity.ndim == 3 else affinity.numpy()
-                gt = _gt_rles(job.annotations.get(info["id"], []), {"height": hw[0], "width": hw[1]},
-                              job.category_ids)
+                gt = gt_rles(job.annotations.get(info["id"], []), hw[0], hw[1], job.category_ids)
                 result = pool.apply_async(group_image, (reduced, hw, grouping, options.top_k, info["id"],
                                                         job.source, gt))
                 pending.append(_Pending(info, result, time.perf_counter(), per_image))
