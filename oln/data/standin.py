@@ -277,7 +277,11 @@ def _write_unlabeled(out_dir: Path, count: int, seed: int) -> dict:
         extension, data = _unlabeled_image(mode, pixels, rng)
         image_id = (index + 1) * _ID_STRIDE + _ID_OFFSET["unlabeled"]
         write_bytes(folder / f"{image_id:012d}_{mode}.{extension}", data)
-    return images_json_from_folder(folder, out_dir / "annotations" / "image_info_unlabeled2017.json")
+    out_json = out_dir / "annotations" / "image_info_unlabeled2017.json"
+    if count == 0:  # an images-only json with no image (indexing an empty folder is an error)
+        write_json(out_json, {"images": [], "annotations": [], "categories": []})
+        return {"num_images": 0, "num_skipped": 0, "skipped_files": []}
+    return images_json_from_folder(folder, out_json)
 
 
 def make_coco_standin(
