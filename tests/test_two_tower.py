@@ -246,3 +246,17 @@ def test_train_resume_and_predict_without_the_grouping_file(grouping_path, tiny_
                       PredictOptions(num_workers=0, device="cpu"), tmp_path / "predictions.json")
     records = read_json(tmp_path / "predictions.json")
     assert summary["num_detections"] == len(records) > 0 and all("segmentation" in r for r in records)
+
+
+@pytest.mark.parametrize("use_group_mask", [False, True])
+def test_grouping_masks_are_computed_in_training_only_when_used(grouping_path, use_group_mask):
+    """Without `use_group_mask` training needs only the grouping boxes: its mask head never runs
+    (it would cost several times the rest of the step); at test time the masks are the output."""
+    model = two_tower(grouping_path, use_group_mask=use_group_mask).train()
+    with recorded_inputs(model.grouping.roi_heads.mask_head) as calls:
+        model(images(), targets())
+    assert bool(calls) == use_group_mask
+    model.eval()
+    with recorded_inputs(model.grouping.roi_heads.mask_head) as calls, torch.no_grad():
+        detections = model(images(1))
+    assert calls and "masks" in detections[0]

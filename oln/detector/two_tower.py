@@ -86,6 +86,25 @@ def recorded_outputs(module: nn.Module) -> Iterator[list]:
         handle.remove()
 
 
+@contextmanager
+def boxes_only(heads: RoIHeads, enabled: bool) -> Iterator[None]:
+    """Run `heads` without its mask branch while the block runs (when `enabled`).
+
+    Training without `use_group_mask` needs only the grouping tower's boxes; its mask head on
+    up to `max_detections` boxes per image would otherwise dominate the training step.
+    """
+    parts = ("mask_roi_pool", "mask_head", "mask_predictor")
+    saved = {name: getattr(heads, name) for name in parts}
+    if enabled:
+        for name in parts:
+            setattr(heads, name, None)
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            setattr(heads, name, module)
+
+
 def label_logits(logits: Tensor, labels: list[Tensor]) -> list[Tensor]:
     """Per-class mask logits (N, C, M, M) -> each detection's own class, (N_i, 1, M, M) per image."""
     flat = torch.cat(labels) if labels else logits.new_zeros(0, dtype=torch.int64)
@@ -239,16 +258,14 @@ class TwoTowerRCNN(DetectorBase):
             return Grouping(boxes, None, None, losses, features)
         heads = self.grouping.roi_heads
         extra = () if scores is None else (None, [s.detach() for s in scores])
-        with torch.no_grad(), recorded_outputs(heads.mask_predictor) as logits:
+        skip_masks = self.training and not self.use_group_mask
+        with torch.no_grad(), recorded_outputs(heads.mask_predictor) as logits, boxes_only(heads, skip_masks):
             detections, _ = heads(features, boxes, images.image_sizes, *extra)
+        boxes = [d["boxes"] for d in detections]
+        if skip_masks:
+            return Grouping(boxes, None, None, losses, features)
         labels = [d["labels"] for d in detections]
-        return Grouping(
-            [d["boxes"] for d in detections],
-            label_logits(logits[0], labels),
-            [d["masks"] for d in detections],
-            losses,
-            features,
-        )
+        return Grouping(boxes, label_logits(logits[0], labels), [d["masks"] for d in detections], losses, features)
 
     def detect(self, images, features, targets):
         grouping = self.group(images, targets)
