@@ -21,6 +21,14 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# `replicates_from: synthesis`: replicate k >= 1 is this workflow again as a module with `replicate: k`
+# (its own data, PA, pseudo-GT and detectors under results/<experiment>/seed-<k>/, rules named seed<k>_*).
+for _k in range(1, config["replicates"]) if REPLICATE_DIRS else ():
+    workflow.module(name=f"seed{_k}", snakefile="Snakefile", config={**config, "replicate": _k})
+    workflow.userule(rules=["*"], from_module=f"seed{_k}", exclude_rules=["all"], name_modifier=f"seed{_k}_*",
+                     lineno=1)(lambda: None)
+
+
 rule all:
     input:
         all_targets(),

@@ -99,16 +99,30 @@ def write_summary(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str
         columns = ["run"] + [c for c in table.columns if c.startswith(f"{label} ")]
         if table[columns[1:]].notna().any().any():
             parts += [f"## {label}", "", markdown_table(table, columns), ""]
+    if table["run"].str.contains("@seed").any():
+        pairs = [(run, "baseline") for run in ("ggn", "two_tower", "pa_proposals")]
+        parts.append(replicate_markdown(table, pairs))
     write_text(md_path, "\n".join(parts))
 
 
+def evaluation_paths(exp: Path, replicate_dirs: Sequence[Path] = ()) -> dict[str, Path]:
+    """Evaluation name -> json: the experiment's own, then each replicate branch's as `<name>@seed<k>`."""
+    paths = {p.stem: p for p in sorted((exp / "eval").glob("*.json"))}
+    for branch in map(Path, replicate_dirs):
+        k = int(branch.name.removeprefix("seed-"))
+        paths.update({f"{p.stem}@seed{k}": p for p in sorted((branch / "eval").glob("*.json"))})
+    return paths
+
+
 def report_experiment(exp_dir: str | os.PathLike, val_json: str | os.PathLike, image_root: str | os.PathLike,
-                      unseen_ids: Sequence[int], options: ReportOptions) -> dict:
+                      unseen_ids: Sequence[int], options: ReportOptions,
+                      replicate_dirs: Sequence[str | os.PathLike] = ()) -> dict:
     """summary.csv/.md and plots/ of everything the stages wrote under `exp_dir` (results/<experiment>).
 
     Every `eval/*.json` becomes a summary row and an AR@k curve; every training log (PA and
     `detector/*/log.jsonl`) a training curve; `options.comparison_runs` (else the first two
-    runs with predictions) are drawn side by side on val images.
+    runs with predictions) are drawn side by side on val images. Evaluations of replicate
+    branches (`replicate_dirs`, results/<experiment>/seed-<k>) join as `<name>@seed<k>`.
 
     Returns:
         {"summary": path of summary.csv, "runs": the evaluation names}.
@@ -119,7 +133,7 @@ def report_experiment(exp_dir: str | os.PathLike, val_json: str | os.PathLike, i
     from oln.plots import plot_ar_curves, plot_training_curves
 
     exp = Path(exp_dir)
-    eval_paths = {p.stem: p for p in sorted((exp / "eval").glob("*.json"))}
+    eval_paths = evaluation_paths(exp, [Path(d) for d in replicate_dirs])
     if not eval_paths:
         raise FileNotFoundError(f"{exp / 'eval'}: no evaluation json")
     write_summary(summary_table(eval_paths), exp / "summary.csv", exp / "summary.md", f"Experiment {exp.name}")
@@ -205,3 +219,63 @@ def _found(gt_rles: list[dict], det_segms: list[dict]) -> list[bool]:
             for s in det_segms]
     ious = np.asarray(mask_utils.iou(dets, gt_rles, [0] * len(gt_rles)))
     return [bool(v) for v in (ious.max(axis=0) >= 0.5)]
+
+
+REPLICATE_METRICS = ("mask AR@100", "box AR@100", "mask AR@1000", "mask AUC")
+
+
+def split_replicate(name: str) -> tuple[str, int]:
+    """(`run`, k) of an evaluation name `<run>@seed<k>`; a plain name is replicate 0."""
+    run, sep, seed = name.rpartition("@seed")
+    return (run, int(seed)) if sep and seed.isdigit() else (name, 0)
+
+
+def replicate_table(table: pd.DataFrame, metrics: Sequence[str] = REPLICATE_METRICS) -> pd.DataFrame:
+    """Per run: number of replicates, mean and sample standard deviation of `metrics` over them."""
+    keys = table["run"].map(split_replicate)
+    grouped = table.assign(base=[k[0] for k in keys]).groupby("base", sort=False)
+    rows = []
+    for base, group in grouped:
+        row: dict = {"run": base, "replicates": len(group)}
+        for metric in metrics:
+            row[f"{metric} mean"] = round(float(group[metric].mean()), 2)
+            row[f"{metric} std"] = round(float(group[metric].std(ddof=1)), 2) if len(group) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_differences(table: pd.DataFrame, run: str, reference: str,
+                       metric: str = "mask AR@100") -> pd.DataFrame:
+    """`run` minus `reference` in `metric` for every replicate both have (one row per seed)."""
+    values: dict[str, dict[int, float]] = {run: {}, reference: {}}
+    for name, value in zip(table["run"], table[metric]):
+        base, k = split_replicate(name)
+        if base in values:
+            values[base][k] = float(value)
+    seeds = sorted(set(values[run]) & set(values[reference]))
+    return pd.DataFrame({"replicate": seeds,
+                         reference: [values[reference][k] for k in seeds],
+                         run: [values[run][k] for k in seeds],
+                         "difference": [round(values[run][k] - values[reference][k], 2) for k in seeds]})
+
+
+def replicate_markdown(table: pd.DataFrame, pairs: Sequence[tuple[str, str]],
+                       metric: str = "mask AR@100") -> str:
+    """Markdown: mean ± std per run over replicates, then the paired differences of each pair."""
+    summary = replicate_table(table)
+    lines = ["## replicates", "", "| run | replicates | " + " | ".join(REPLICATE_METRICS) + " |",
+             "|---|---|" + "---|" * len(REPLICATE_METRICS)]
+    for _, row in summary.iterrows():
+        cells = [f"{row[f'{m} mean']:.1f} ± {row[f'{m} std']:.1f}" if not pd.isna(row[f"{m} std"])
+                 else f"{row[f'{m} mean']:.1f}" for m in REPLICATE_METRICS]
+        lines.append(f"| {row['run']} | {row['replicates']} | " + " | ".join(cells) + " |")
+    for run, reference in pairs:
+        diffs = paired_differences(table, run, reference, metric)
+        if diffs.empty:
+            continue
+        d = diffs["difference"]
+        spread = f" ± {d.std(ddof=1):.1f}" if len(d) > 1 else ""
+        lines += ["", f"Paired {metric}, {run} − {reference} per replicate: "
+                  + ", ".join(f"seed {k}: {v:+.1f}" for k, v in zip(diffs["replicate"], d))
+                  + f"; mean {d.mean():+.1f}{spread}; positive in {int((d > 0).sum())} of {len(d)}."]
+    return "\n".join(lines) + "\n"

@@ -17,6 +17,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exp-dir", required=True, type=Path, help="results/<experiment>")
     p.add_argument("--val-json", required=True, type=Path, help="COCO json of the evaluation images")
     p.add_argument("--image-root", required=True, type=Path, help="image root of --val-json")
+    p.add_argument("--replicate-dirs", nargs="*", type=Path, default=[],
+                   help="results/<experiment>/seed-<k> branches (replicates_from: synthesis): their evaluations "
+                        "join the summary as <name>@seed<k>")
     add_split_arguments(p)
 
 
@@ -27,4 +30,4 @@ def report(args: argparse.Namespace) -> dict:
     options = options_from_dict(ReportOptions, section_of(args), "report")
     unseen = split_ids(args.unseen, categories_of(args.val_json))
     log.info("reporting %s", args.exp_dir)
-    return report_experiment(args.exp_dir, args.val_json, args.image_root, unseen, options)
+    return report_experiment(args.exp_dir, args.val_json, args.image_root, unseen, options, args.replicate_dirs)

@@ -28,7 +28,29 @@ config.update(_validated)
 # the process the user started; jobs (local or submitted to Slurm) inherit the variable.
 os.environ.setdefault("OLN_SNAKEMAKE_COMMAND", shlex.join(sys.argv))
 
-OUT = f"results/{config['experiment']}"
+
+
+def shift_seeds(config, k):
+    """Replicate k of `replicates_from: synthesis`: every seed of the chain (data, PA, detectors) plus k."""
+    config["synthetic"]["seed"] += k
+    config["pa_train"]["train"]["seed"] += k
+    detector = config["detector"]
+    detector["defaults"]["train"]["seed"] = detector["defaults"]["train"].get("seed", 0) + k
+    for run in detector["runs"].values():
+        if "seed" in run.get("train", {}):
+            run["train"]["seed"] += k
+
+
+REPLICATE = config["replicate"]
+if REPLICATE:
+    shift_seeds(config, REPLICATE)
+OUT = f"results/{config['experiment']}" + (f"/seed-{REPLICATE}" if REPLICATE else "")
+# Branches of `replicates_from: synthesis` (results/<experiment>/seed-<k>/), built by the Snakefile.
+REPLICATE_DIRS = (
+    [f"{OUT}/seed-{k}" for k in range(1, config["replicates"])]
+    if config["replicates_from"] == "synthesis" and not REPLICATE
+    else []
+)
 DATASET = config["dataset"]
 # GGN trains PA and detectors (and so extracts pseudo-GT) on images with seen-class GT only.
 FILTER_FLAG = "--filter-empty-gt" if DATASET["filter_empty_gt"] else "--no-filter-empty-gt"
@@ -115,6 +137,12 @@ def all_targets():
     ]
 
 
+def replicate_evals():
+    """Evaluation jsons of the synthesis replicates' branches (inputs of the top-level report)."""
+    names = list(EVALS) + ["pa_proposals"]
+    return [f"{d}/eval/{name}.json" for d in REPLICATE_DIRS for name in names]
+
+
 def threads_of(rule_name, default):
     """Threads of a rule: its resources' cpus_per_task when configured, else `default`.
 
@@ -177,7 +205,28 @@ def detector_runs():
     return runs
 
 
+def replicate_name(run, k):
+    """Name of replicate k of a run: the run itself for k = 0, else `<run>@seed<k>`."""
+    return run if k == 0 else f"{run}@seed{k}"
+
+
+def with_replicates(runs, replicates):
+    """Runs expanded over detector seeds (`replicates_from: detector`): replicate k of each run trains with
+    train.seed + k, and a two_tower replicate uses the same replicate of its grouping run."""
+    expanded = {}
+    for k in range(replicates):
+        for name, run in runs.items():
+            run = json.loads(json.dumps(run))
+            run["train"]["seed"] = run["train"].get("seed", 0) + k
+            if run.get("grouping_run"):
+                run["grouping_run"] = replicate_name(run["grouping_run"], k)
+            expanded[replicate_name(name, k)] = run
+    return expanded
+
+
 RUNS = detector_runs()
+if config["replicates_from"] == "detector":
+    RUNS = with_replicates(RUNS, config["replicates"])
 
 
 def evaluation_names():

@@ -4,6 +4,7 @@
 rule report:
     input:
         evals=expand(f"{OUT}/eval/{{name}}.json", name=list(EVALS) + ["pa_proposals"]),
+        replicate_evals=replicate_evals(),
         pa_metrics=rules.eval_pa.output.metrics,
         pseudo_stats=rules.merge_pseudo.output.stats,
         predictions=expand(f"{OUT}/detector/{{run}}/predictions.json", run=list(RUNS)),
@@ -24,6 +25,7 @@ rule report:
         code=code_hash("report"),
         exp_dir=lambda wildcards, output: str(Path(output.csv).parent),
         image_root=DATA["val_images"],
+        replicate_dirs=" ".join(["--replicate-dirs", *REPLICATE_DIRS]) if REPLICATE_DIRS else "",
     conda:
         "../../envs/oln.yaml"
     log:
@@ -34,4 +36,4 @@ rule report:
         **resources_of("report"),
     shell:
         "exec oln report --params {params.section:q} --seen {params.seen:q} --unseen {params.unseen:q} --exp-dir {params.exp_dir}"
-        " --val-json {input.val} --image-root {params.image_root} > {log} 2>&1"
+        " --val-json {input.val} --image-root {params.image_root} {params.replicate_dirs} > {log} 2>&1"
