@@ -44,7 +44,7 @@ def shift_seeds(config, k):
 REPLICATE = config["replicate"]
 if REPLICATE:
     shift_seeds(config, REPLICATE)
-OUT = f"results/{config['experiment']}" + (f"/seed-{REPLICATE}" if REPLICATE else "")
+OUT = os.path.join("results", config["experiment"], *([f"seed-{REPLICATE}"] if REPLICATE else []))
 # Branches of `replicates_from: synthesis` (results/<experiment>/seed-<k>/), built by the Snakefile.
 REPLICATE_DIRS = (
     [f"{OUT}/seed-{k}" for k in range(1, config["replicates"])]
@@ -247,3 +247,9 @@ def eval_detections(wildcards):
     if wildcards.name == "pa_proposals":
         return f"{OUT}/pseudo/val_proposals.json"
     return f"{OUT}/detector/{EVALS[wildcards.name]}"
+
+
+def grouping_model_of(wildcards):
+    """The grouping run's model.pt for a two_tower run (its grouping tower), else nothing."""
+    grouping = RUNS[wildcards.run].get("grouping_run")
+    return f"{OUT}/detector/{grouping}/model.pt" if grouping else []

@@ -9,7 +9,8 @@ rule record_config:
     params:
         resolved=json.dumps(config, sort_keys=True),
         code=code_hash("record_config"),
-        out_dir=OUT,
+        out_dir=lambda wildcards, output: str(Path(output.config).parent),
+        repo=untracked(str(REPO)),
     conda:
         "../../envs/oln.yaml"
     log:
@@ -17,7 +18,7 @@ rule record_config:
     resources:
         **resources_of("record_config"),
     shell:
-        "exec oln record-config --resolved {params.resolved:q} --out-dir {params.out_dir} --repo {workflow.basedir:q}"
+        "exec oln record-config --resolved {params.resolved:q} --out-dir {params.out_dir} --repo {params.repo:q}"
         " > {log} 2>&1"
 
 

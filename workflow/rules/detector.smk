@@ -3,12 +3,6 @@
 # trains on top of its grouping run's model.pt (`grouping_run`).
 
 
-def grouping_model_of(wildcards):
-    """The grouping run's model.pt for a two_tower run (its grouping tower), else nothing."""
-    grouping = RUNS[wildcards.run].get("grouping_run")
-    return f"{OUT}/detector/{grouping}/model.pt" if grouping else []
-
-
 rule train_detector:
     input:
         train=detector_train_json,
