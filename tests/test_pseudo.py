@@ -154,10 +154,8 @@ class Interrupt(RuntimeError):
     pass
 
 
-def test_resume_after_kill_is_byte_identical(dataset, tmp_path, monkeypatch):
-    reference = tmp_path / "reference.json"
-    extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, reference)
-
+def extract_killed_after_two_images(dataset, out: Path, monkeypatch) -> None:
+    """Extract the train shard into `out`, interrupted while grouping its third image."""
     real = extract_module.group_image
     calls = {"n": 0}
 
@@ -167,10 +165,18 @@ def test_resume_after_kill_is_byte_identical(dataset, tmp_path, monkeypatch):
             raise Interrupt("killed")
         return real(*args)
 
-    out = tmp_path / "resumed.json"
     monkeypatch.setattr(extract_module, "group_image", failing)
     with pytest.raises(Interrupt):
         extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, out)
+
+
+def test_resume_after_kill_is_byte_identical(dataset, tmp_path, monkeypatch):
+    reference = tmp_path / "reference.json"
+    extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, reference)
+
+    real = extract_module.group_image
+    out = tmp_path / "resumed.json"
+    extract_killed_after_two_images(dataset, out, monkeypatch)
     partial = Path(str(out) + ".partial.jsonl")
     assert not out.exists() and len(partial.read_text().splitlines()) >= 2
     with open(partial, "a") as f:
@@ -301,18 +307,8 @@ def test_extract_logs_progress_with_rate_and_eta(dataset, tmp_path, caplog):
 
 def test_extract_progress_of_a_resumed_shard_starts_at_the_images_done(dataset, tmp_path, monkeypatch, caplog):
     real = extract_module.group_image
-    calls = {"n": 0}
-
-    def failing(*args):
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise Interrupt("killed")
-        return real(*args)
-
     out = tmp_path / "resumed.json"
-    monkeypatch.setattr(extract_module, "group_image", failing)
-    with pytest.raises(Interrupt):
-        extract_shard("m.pt", dataset["train_json"], dataset["root"], "train", 0, 1, OPTIONS, out)
+    extract_killed_after_two_images(dataset, out, monkeypatch)
     monkeypatch.setattr(extract_module, "group_image", real)
     caplog.clear()
     with caplog.at_level("INFO", logger="oln.progress"):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_workflow import copy_workflow
 
 from oln.report import paired_differences, replicate_table, split_replicate
 
@@ -17,17 +17,6 @@ SINGLE = {"train_detector": 3, "predict": 3, "evaluate": 4, "train_pa": 1, "extr
 
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def copy_workflow(dest: Path) -> Path:
-    """The files a dry run needs (Snakefile, workflow/, config/, envs/, oln/) copied to `dest`."""
-    for name in ("Snakefile", "workflow", "config", "envs", "oln"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 def planned(workdir: Path, *config: str) -> dict[str, int]:
