@@ -6,7 +6,7 @@ sizes, each grouping setting run in its own subprocess so peak memory is per cas
 
 Usage:
     PYTHONPATH=. python3 benchmarks/bench_grouping.py [--sizes 128x128 320x480 800x1216] [--exact]
-        [--repeat N] [--seeds 0 1 2] [--cache DIR]
+        [--repeat N] [--seeds 0 1 2] [--cache DIR] [--ggn-cache DIR] [--per-map]
 
 Columns: seconds (fastest of `--repeat` untraced calls, after a warm-up call on a small map;
 the minimum is robust to other processes sharing the cores) and the CPU seconds (user + system)
@@ -17,8 +17,14 @@ setting's top-20 proposals (same options, spectral step by shift-invert Lanczos 
 that have a counterpart at IoU >= 0.95 among this setting's top 20, averaged over the maps of
 `--seeds` (seconds, memory and best IoU are of the first map). Settings without globalisation are
 their own exact setting ("-"). The exact proposals are computed once per map (minutes and ~2 GB at
-800x1216) and cached in `--cache`. There is no copy of GGN's reference implementation in this
-repository, so there is no reference-match column.
+800x1216) and cached in `--cache`.
+
+`vs GGN`: the same match rate against GGN's own top-20 proposals (its released extraction: setting
+`full` for the orientation + globalisation settings, `fast` for `fast`; `orientation` has no GGN
+counterpart, "-"), averaged over the maps of `--seeds` that have a GGN file in `--ggn-cache`
+(default: `--cache`), `maps` of them. This repository contains no GGN code: the files
+`<HxW>_seed<k>_ggn_<full|fast>.npz` are written by benchmarks/ggn_reference.py from a GGN checkout.
+Without them the column is "-". `--per-map` also prints the rate of each map, and their minimum.
 """
 
 from __future__ import annotations
@@ -66,6 +72,20 @@ def match_rate(reference: np.ndarray, candidate: np.ndarray, iou: float = MATCH_
     inter = ref @ cand.T
     union = ref.sum(1)[:, None] + cand.sum(1)[None] - inter
     return float(((inter / np.maximum(union, 1)).max(1) >= iou).mean())
+
+
+def ggn_setting(setting: str) -> str | None:
+    """The GGN extraction setting `setting` is compared with (None: no GGN counterpart)."""
+    params = SETTINGS[setting]
+    if not params.get("orientation", True) and params.get("globalization", 0.5) == 0:
+        return "fast"
+    if params.get("orientation", True) and params.get("globalization", 0.5) > 0:
+        return "full"
+    return None
+
+
+def ggn_path(cache: str, size: str, setting: str, seed: int) -> Path:
+    return Path(cache) / f"{size}_seed{seed}_ggn_{setting}.npz"
 
 
 def reference_path(cache: str, size: str, setting: str, seed: int) -> Path:
@@ -143,7 +163,9 @@ def mean_best_iou(proposals: np.ndarray, objects: list[np.ndarray], top: int = 2
     return float(np.mean(scores))
 
 
-def run_case(size: str, setting: str, repeat: int = 1, seeds: tuple[int, ...] = (0,), cache: str = "") -> dict:
+def run_case(
+    size: str, setting: str, repeat: int = 1, seeds: tuple[int, ...] = (0,), cache: str = "", ggn_cache: str = ""
+) -> dict:
     """Run one case in this process and return its measurements."""
     from oln.grouping import affinity_to_proposals
 
@@ -166,13 +188,19 @@ def run_case(size: str, setting: str, repeat: int = 1, seeds: tuple[int, ...] = 
     masks, scores = affinity_to_proposals(affinity, **SETTINGS[setting])
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    matches = []
-    reference = exact_setting(setting)
-    for seed in seeds if reference else ():
+    matches, ggn_matches = [], {}
+    reference, ggn = exact_setting(setting), ggn_setting(setting)
+    for seed in seeds:
+        ggn_file = ggn_path(ggn_cache or cache, size, ggn, seed) if ggn else None
+        if not reference and not (ggn_file and ggn_file.exists()):
+            continue
         found = masks
         if seed != seeds[0]:
             found, _ = affinity_to_proposals(synthetic_affinity(height, width, seed)[0], **SETTINGS[setting])
-        matches.append(match_rate(load_reference(size, reference, seed, cache), found[:TOP]))
+        if reference:
+            matches.append(match_rate(load_reference(size, reference, seed, cache), found[:TOP]))
+        if ggn_file and ggn_file.exists():
+            ggn_matches[seed] = match_rate(np.load(ggn_file)["masks"].astype(bool)[:TOP], found[:TOP])
     return dict(
         size=size,
         setting=setting,
@@ -185,6 +213,9 @@ def run_case(size: str, setting: str, repeat: int = 1, seeds: tuple[int, ...] = 
         objects=len(objects),
         best_iou_top20=mean_best_iou(masks, objects),
         match_exact=float(np.mean(matches)) if matches else None,
+        match_ggn=float(np.mean(list(ggn_matches.values()))) if ggn_matches else None,
+        ggn_maps=len(ggn_matches),
+        ggn_per_map=ggn_matches,
     )
 
 
@@ -211,6 +242,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="timed calls per case; the fastest is reported")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="maps for the `vs exact` column")
     parser.add_argument("--cache", default="results/bench_grouping", help="folder of cached exact proposals")
+    parser.add_argument("--ggn-cache", help="folder of GGN's proposals (ggn_reference.py); default: --cache")
+    parser.add_argument("--per-map", action="store_true", help="also print the `vs GGN` rate of each map")
     parser.add_argument("--case", nargs=2, metavar=("SIZE", "SETTING"), help=argparse.SUPPRESS)
     parser.add_argument("--make-reference", nargs=3, metavar=("SIZE", "SETTING", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,13 +252,15 @@ def main() -> None:
         make_reference(size, setting, int(seed), args.cache)
         return
     if args.case:
-        print(json.dumps(run_case(*args.case, repeat=args.repeat, seeds=tuple(args.seeds), cache=args.cache)))
+        seeds, ggn_cache = tuple(args.seeds), args.ggn_cache or args.cache
+        print(json.dumps(run_case(*args.case, repeat=args.repeat, seeds=seeds, cache=args.cache, ggn_cache=ggn_cache)))
         return
     settings = list(args.settings) + (["orient+global exact"] if args.exact else [])
     print(
         f"{'size':>9} {'setting':>20} {'s':>6} {'cpu s':>6} {'rss MB':>7} {'+rss MB':>8} {'traced MB':>9} "
-        f"{'props':>5} {'objs':>4} {'bestIoU@20':>10} {'vs exact':>8}"
+        f"{'props':>5} {'objs':>4} {'bestIoU@20':>10} {'vs exact':>8} {'vs GGN':>6} {'maps':>4}"
     )
+    per_map = []
     for size in args.sizes:
         for setting in settings:
             if setting.endswith("exact") and size == "800x1216":
@@ -234,17 +269,29 @@ def main() -> None:
             for seed in args.seeds if reference else ():
                 _subprocess(["--make-reference", size, reference, str(seed), "--cache", args.cache])
             out = _subprocess(
-                ["--case", size, setting, "--repeat", str(args.repeat), "--cache", args.cache, "--seeds"]
+                ["--case", size, setting, "--repeat", str(args.repeat), "--cache", args.cache]
+                + ["--ggn-cache", args.ggn_cache or args.cache, "--seeds"]
                 + [str(seed) for seed in args.seeds]
             )
             r = json.loads(out.strip().splitlines()[-1])
             match = "-" if r["match_exact"] is None else f"{r['match_exact']:.3f}"
+            ggn = "-" if r["match_ggn"] is None else f"{r['match_ggn']:.3f}"
+            if r["ggn_per_map"]:
+                per_map.append((size, setting, {int(k): v for k, v in r["ggn_per_map"].items()}))
             print(
                 f"{r['size']:>9} {r['setting']:>20} {r['seconds']:6.2f} {r['cpu_seconds']:6.2f} "
                 f"{r['rss_peak_mb']:7.0f} {r['rss_growth_mb']:8.0f} {r['traced_peak_mb']:9.0f} {r['proposals']:5d} "
-                f"{r['objects']:4d} {r['best_iou_top20']:10.3f} {match:>8}",
+                f"{r['objects']:4d} {r['best_iou_top20']:10.3f} {match:>8} {ggn:>6} {r['ggn_maps']:4d}",
                 flush=True,
             )
+    if args.per_map and not per_map:
+        print(f"\nvs GGN per map: no GGN files in {args.ggn_cache or args.cache} for these sizes and seeds")
+    if args.per_map and per_map:
+        print(f"\nvs GGN per map (share of GGN's top {TOP} matched at IoU >= {MATCH_IOU})")
+        print(f"{'size':>9} {'setting':>20} " + " ".join(f"{f'seed{k}':>6}" for k in args.seeds) + f" {'min':>6}")
+        for size, setting, rates in per_map:
+            cells = " ".join(f"{rates[k]:6.3f}" if k in rates else f"{'-':>6}" for k in args.seeds)
+            print(f"{size:>9} {setting:>20} {cells} {min(rates.values()):6.3f}")
 
 
 if __name__ == "__main__":

@@ -16,21 +16,23 @@ IMAGES = [
     {"id": 3, "width": 640, "height": 480},   # no annotation at all -> dropped
     {"id": 4, "width": 31, "height": 480},    # a seen object but a side under 32 px -> dropped
     {"id": 5, "width": 32, "height": 32},     # a seen crowd region only -> kept (COCO's cat-to-image index)
-    {"id": 6, "width": 640, "height": 480},   # a pseudo mask only -> dropped (pseudo never counts)
+    {"id": 6, "width": 640, "height": 480},   # a pseudo mask of the training split only -> dropped
+    {"id": 7, "width": 640, "height": 480},   # a pseudo mask of the unlabeled source -> kept (no GT by construction)
 ]
 ANNOTATIONS = [
     {"image_id": 1, "category_id": 1},
     {"image_id": 2, "category_id": 7},
     {"image_id": 4, "category_id": 1},
     {"image_id": 5, "category_id": 1, "iscrowd": 1},
-    {"image_id": 6, "category_id": 1, "pseudo": 1},
+    {"image_id": 6, "category_id": 1, "pseudo": 1, "source": "train"},
+    {"image_id": 7, "category_id": 13, "pseudo": 1, "source": "unlabeled"},
 ]
 
 
 def test_only_images_with_seen_annotations_and_32px_sides_are_kept():
     kept = images_with_training_annotations(IMAGES, ANNOTATIONS, [1, 2])
-    assert [im["id"] for im in kept] == [1, 5]
-    assert [im["id"] for im in images_with_training_annotations(IMAGES, ANNOTATIONS, None)] == [1, 2, 5]
+    assert [im["id"] for im in kept] == [1, 5, 7]
+    assert [im["id"] for im in images_with_training_annotations(IMAGES, ANNOTATIONS, None)] == [1, 2, 5, 7]
 
 
 def test_coco_instances_train_only_on_filtered_images(tmp_path):
@@ -42,9 +44,9 @@ def test_coco_instances_train_only_on_filtered_images(tmp_path):
             "categories": [{"id": 1, "name": "a"}, {"id": 7, "name": "b"}]}
     path = tmp_path / "train.json"
     path.write_text(json.dumps(data))
-    assert len(CocoInstances(path, tmp_path, [1])) == 6
+    assert len(CocoInstances(path, tmp_path, [1])) == 7
     filtered = CocoInstances(path, tmp_path, [1], filter_empty_gt=True)
-    assert [im["id"] for im in filtered.images] == [1, 5]
+    assert [im["id"] for im in filtered.images] == [1, 5, 7]
 
 
 def test_epoch_schedule_counts_the_filtered_images():

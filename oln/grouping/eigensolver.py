@@ -36,15 +36,19 @@ class EigenSolverOptions:
             subspace (their prolongation is returned).
         pixel_level_nodes: grids of at most this many pixels are iterated on down to the pixel
             grid itself whatever `finest_level` says.
+        float32_nodes: levels with more nodes than this keep their LOBPCG blocks in float32 (half
+            the time of the dense products; the Rayleigh-Ritz matrices and the returned vectors
+            stay float64).
     """
 
     tol: float = 0.1
     max_iterations: int = 4
-    finest_iterations: int = 2
+    finest_iterations: int = 4
     guard_vectors: int = 4
     coarse_nodes: int = 4000
     finest_level: int = 1
     pixel_level_nodes: int = 100_000
+    float32_nodes: int = 100_000
 
 
 def _shift_invert(
@@ -60,8 +64,12 @@ def _shift_invert(
 Block = tuple[np.ndarray, np.ndarray]  # vectors Y and S @ Y
 
 
-def _rayleigh_ritz(blocks: list[Block], count: int) -> tuple[np.ndarray, np.ndarray]:
+def _rayleigh_ritz(blocks: list[Block], count: int, first_values: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Smallest `count` Ritz pairs of the symmetric S on the span of the blocks' vectors.
+
+    `first_values`: the first block is orthonormal Ritz vectors with these Ritz values, so its own
+    products (identity Gram, diagonal stiffness) are not recomputed.
 
     Returns:
         Ritz values (count,); coefficients (sum of block widths, count) of orthonormal combinations.
@@ -72,12 +80,17 @@ def _rayleigh_ritz(blocks: list[Block], count: int) -> tuple[np.ndarray, np.ndar
     for i, (y, _) in enumerate(blocks):
         for j in range(i, len(blocks)):
             rows, cols = slice(sizes[i], sizes[i + 1]), slice(sizes[j], sizes[j + 1])
+            if i == j == 0 and first_values is not None:
+                stiffness[rows, cols] = np.diag(first_values)
+                gram[rows, cols] = np.eye(len(first_values))
+                continue
             stiffness[rows, cols] = y.T @ blocks[j][1]
             gram[rows, cols] = y.T @ blocks[j][0]
             stiffness[cols, rows] = stiffness[rows, cols].T
             gram[cols, rows] = gram[rows, cols].T
     scale, basis = linalg.eigh(gram)
-    keep = scale > 1e-10 * scale.max()  # drop directions that are (nearly) linearly dependent
+    tiny = max(1e-10, 100 * float(np.finfo(blocks[0][0].dtype).eps))
+    keep = scale > tiny * scale.max()  # drop directions that are (nearly) linearly dependent
     whiten = basis[:, keep] / np.sqrt(scale[keep])
     values, coefficients = linalg.eigh(whiten.T @ ((stiffness + stiffness.T) / 2) @ whiten)
     return values[:count], whiten @ coefficients[:, :count]
@@ -90,7 +103,7 @@ def _combine(blocks: list[Block], coefficients: np.ndarray) -> Block:
         total, start = None, 0
         for block in blocks:
             width = block[0].shape[1]
-            term = block[part] @ coefficients[start : start + width]
+            term = block[part] @ coefficients[start : start + width].astype(block[part].dtype)
             total = term if total is None else np.add(total, term, out=total)
             start += width
         out.append(total)
@@ -104,8 +117,17 @@ def _unit_block(vectors: np.ndarray, operator: sparse.csr_matrix) -> Block:
     return vectors, operator @ vectors
 
 
+def _symmetric_scaling(matrix: sparse.csr_matrix, scale: np.ndarray) -> sparse.csr_matrix:
+    """diag(scale) @ matrix @ diag(scale), scaling the stored values in place of two sparse products."""
+    out = matrix.tocsr(copy=True)
+    rows = np.repeat(np.arange(out.shape[0]), np.diff(out.indptr))
+    out.data *= scale[rows] * scale[out.indices]
+    return out
+
+
 def lobpcg_level(
-    hierarchy: GridHierarchy, level: int, vectors: np.ndarray, wanted: int, tol: float, max_iterations: int
+    hierarchy: GridHierarchy, level: int, vectors: np.ndarray, wanted: int, tol: float, max_iterations: int,
+    dtype: type = np.float64,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Rayleigh-Ritz on `vectors`, then LOBPCG iterations on `level` until converged.
 
@@ -113,34 +135,38 @@ def lobpcg_level(
     Y = D^1/2 X. Stops when every wanted pair but the constant one has ||S y - theta y|| <
     tol * theta, or after `max_iterations`.
 
+    `dtype`: of the iterated blocks (float32 halves the dense products' time).
+
     Returns:
-        Ritz values, Ritz vectors X (D-orthonormal, as many as given), iterations run.
+        Ritz values, Ritz vectors X (D-orthonormal, as many as given; float64), iterations run.
     """
     root = np.sqrt(hierarchy.lumped_masses[level])[:, None]
-    scaled = sparse.diags(1.0 / root[:, 0]) @ hierarchy.laplacians[level] @ sparse.diags(1.0 / root[:, 0])
+    scaled = _symmetric_scaling(hierarchy.laplacians[level], 1.0 / root[:, 0]).astype(dtype)
     count = vectors.shape[1]
-    current = _unit_block(vectors * root, scaled.tocsr())
+    current = _unit_block((vectors * root).astype(dtype), scaled)
     values, coefficients = _rayleigh_ritz([current], count)
     current = _combine([current], coefficients)
     previous: Block | None = None
     for iteration in range(max_iterations + 1):
-        residual = current[1] - current[0] * values
+        residual = current[1] - current[0] * values.astype(dtype)
         relative = np.sqrt(np.einsum("ij,ij->j", residual, residual))
         relative /= np.maximum(np.abs(values), np.finfo(float).tiny)
         if iteration == max_iterations or relative[1:wanted].max() < tol:
             return values, current[0] / root, iteration
         residual *= root  # back to L x - theta D x, preconditioned, then scaled again
-        search = hierarchy.vcycle(level, residual)
+        search = hierarchy.vcycle(level, residual, out_dtype=dtype)
         del residual
         search *= root
         blocks = [current, _unit_block(search, scaled)]
         if previous is not None:
             blocks.append(previous)
-        values, coefficients = _rayleigh_ritz(blocks, count)
+        values, coefficients = _rayleigh_ritz(blocks, count, first_values=values)
         # new iterate = current @ C_current + step, step = the other blocks' part (the next "previous")
         step = _combine(blocks[1:], coefficients[count:])
         blocks = search = previous = None  # free the old blocks before the new iterate is formed
-        current = _combine([current, step], np.vstack([coefficients[:count], np.eye(count)]))
+        current = _combine([current], coefficients[:count])
+        for part, extra in zip(current, step):
+            part += extra
         norms = np.sqrt(np.einsum("ij,ij->j", step[0], step[0]))
         scale = 1.0 / np.where(norms > 0, norms, 1.0)
         for part in step:
@@ -188,7 +214,8 @@ def smallest_eigenpairs(
     for level in range(coarsest - 1, finest - 1, -1):
         vectors = hierarchy.prolongations[level] @ vectors
         iterations = options.finest_iterations if level == finest else options.max_iterations
-        values, vectors, _ = lobpcg_level(hierarchy, level, vectors, count, options.tol, iterations)
+        dtype = np.float32 if hierarchy.lumped_masses[level].size > options.float32_nodes else np.float64
+        values, vectors, _ = lobpcg_level(hierarchy, level, vectors, count, options.tol, iterations, dtype)
     values, vectors = _consistent_ritz(hierarchy, finest, vectors, count)
     return values, _prolongate(hierarchy, finest, vectors)
 

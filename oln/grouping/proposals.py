@@ -70,7 +70,7 @@ class GroupingOptions:
     spectral_solver: str = "multilevel"
     spectral_max_pixels: int | None = 60_000
     spectral_tol: float = 0.3
-    spectral_iterations: int = 2
+    spectral_iterations: int = 4
     merge_threshold: float = 1.0
     edge_merge: str = "mean"
     rank: str = "boundary_minus_inside"
