@@ -12,8 +12,8 @@ from test_workflow import copy_workflow
 
 from oln.report import paired_differences, replicate_table, split_replicate
 
-# Default config: 3 detector runs (baseline, ggn, two_tower); 2 sources x 2 shards.
-SINGLE = {"train_detector": 3, "predict": 3, "evaluate": 4, "train_pa": 1, "extract_pseudo": 4, "total": 23}
+# Default config: 3 detector runs (baseline, ggn, two_tower); 1 pseudo-GT source (train) x 2 shards.
+SINGLE = {"train_detector": 3, "predict": 3, "evaluate": 4, "train_pa": 1, "extract_pseudo": 2, "total": 21}
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +41,8 @@ def test_one_replicate_is_the_plain_dag(workdir):
 def test_detector_replicates_repeat_only_the_detector_stages(workdir):
     jobs = planned(workdir, "replicates=3", "replicates_from=detector")
     assert (jobs["train_detector"], jobs["predict"], jobs["evaluate"]) == (9, 9, 10)
-    assert (jobs["train_pa"], jobs["extract_pseudo"], jobs["merge_pseudo"]) == (1, 4, 1)
-    assert jobs["total"] == 23 + 6 * 3
+    assert (jobs["train_pa"], jobs["extract_pseudo"], jobs["merge_pseudo"]) == (1, 2, 1)
+    assert jobs["total"] == SINGLE["total"] + 6 * 3
 
 
 def test_synthesis_replicates_repeat_the_whole_chain(workdir):
