@@ -192,14 +192,15 @@ def run_case(
     reference, ggn = exact_setting(setting), ggn_setting(setting)
     for seed in seeds:
         ggn_file = ggn_path(ggn_cache or cache, size, ggn, seed) if ggn else None
-        if not reference and not (ggn_file and ggn_file.exists()):
+        ggn_file = ggn_file if ggn_file and ggn_file.exists() else None
+        if not reference and not ggn_file:
             continue
         found = masks
         if seed != seeds[0]:
             found, _ = affinity_to_proposals(synthetic_affinity(height, width, seed)[0], **SETTINGS[setting])
         if reference:
             matches.append(match_rate(load_reference(size, reference, seed, cache), found[:TOP]))
-        if ggn_file and ggn_file.exists():
+        if ggn_file:
             ggn_matches[seed] = match_rate(np.load(ggn_file)["masks"].astype(bool)[:TOP], found[:TOP])
     return dict(
         size=size,

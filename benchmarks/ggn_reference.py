@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_grouping import ggn_path  # the cache file names bench_grouping reads (this script's folder)
+
 # `pa_to_masks` in GGN's configs/pairwise_affinity/pa_extract.py, less oln_ranker_path (None there)
 PA_TO_MASKS: dict[str, object] = dict(
     edge_thresh=0.0, join_thresh=1.0, rank_method=3, nms=0.2, use_orientation=1, use_globalization=0.5,
@@ -46,10 +48,6 @@ PA_TO_MASKS: dict[str, object] = dict(
 )
 SETTINGS = {"full": PA_TO_MASKS, "fast": dict(PA_TO_MASKS, use_orientation=0, use_globalization=0.0)}
 TOP = 20
-
-
-def cache_path(cache: str, size: str, seed: int, setting: str) -> Path:
-    return Path(cache) / f"{size}_seed{seed}_ggn_{setting}.npz"
 
 
 def apply_shims() -> None:
@@ -96,7 +94,7 @@ def run_one(repo: str, cache: str, size: str, seed: int, setting: str) -> dict[s
     masks, scores = (masks, scores) if masks is not None else ([], [])
     total = len(masks)
     stacked = np.stack(masks[:TOP]).astype(bool) if total else np.zeros((0, height, width), bool)
-    path = cache_path(cache, size, seed, setting)
+    path = ggn_path(cache, size, setting, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     with open(partial, "wb") as out:
@@ -126,7 +124,7 @@ def main() -> None:
         for setting in args.settings:
             for seed in args.seeds:
                 case = f"{size} seed{seed} {setting}"
-                if cache_path(args.cache, size, seed, setting).exists() and not args.force:
+                if ggn_path(args.cache, size, setting, seed).exists() and not args.force:
                     print(f"{case}: cached", flush=True)
                     continue
                 command = [sys.executable, __file__, "--ggn-repo", args.ggn_repo, "--cache", args.cache]
