@@ -230,3 +230,26 @@ def test_draw_preview_grid_with_seen_and_unseen_contours(dataset40, tmp_path):
                        '"annotations": [], "categories": []}')
     assert draw_preview(missing, images, tmp_path / "missing.png", tile_size=16) == 1
     assert (cv2.imread(str(tmp_path / "missing.png"))[:16] == 128).all()
+
+
+def test_unseen_textured_fill_applies_to_unseen_objects_only(monkeypatch):
+    import oln.data.synthetic as synthetic
+
+    calls: list[float] = []
+    real_fill = synthetic.object_fill
+
+    def recording_fill(*args, textured_fill=None, **kwargs):
+        calls.append(textured_fill)
+        return real_fill(*args, textured_fill=textured_fill, **kwargs)
+
+    monkeypatch.setattr(synthetic, "object_fill", recording_fill)
+    options = SyntheticOptions(image_size=64, textured_fill=0.2, unseen_textured_fill=0.9)
+    seen_ids = {CATEGORY_NAMES.index(name) + 1 for name in SEEN_NAMES}
+    for index in range(5):
+        calls.clear()
+        _, category_ids, _ = render_scene(options, np.random.default_rng(index))
+        assert calls == [0.2 if cid in seen_ids else 0.9 for cid in category_ids]
+    # None means textured_fill for every object: the same random draws, the same image
+    same = [render_scene(SyntheticOptions(image_size=64, unseen_textured_fill=value), np.random.default_rng(3))[0]
+            for value in (None, 0.6)]
+    assert np.array_equal(same[0], same[1])

@@ -74,6 +74,7 @@ class SyntheticOptions:
     occlusion: bool = True  # False: objects are placed without overlap (dropped if no free spot)
     mix_seen_unseen: bool = True  # draw at least one seen and one unseen object per image
     textured_fill: float = 0.6  # probability that an object has a non-flat fill
+    unseen_textured_fill: float | None = None  # the same for unseen-category objects; None: textured_fill
     min_contrast: float = 40.0  # object colour differs from the local background by this much (0-255)
     clutter_lines: int = 3  # at most this many thin unannotated lines per image
     clutter_specks: int = 12  # at most this many small unannotated specks per image
@@ -181,10 +182,12 @@ def render_scene(
     image = paint_background(size, options, rng)
     paint_clutter(image, options, rng)
     for index, box in enumerate(ndimage.find_objects(labels, max_label=len(placed))):
-        _, _, center, radius = placed[index]
+        name, _, center, radius = placed[index]
         y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
         behind = image[:, (y0 + y1) // 2, (x0 + x1) // 2, None, None]  # colour near the box centre
-        fill = object_fill((y0, y1, x0, x1), center, radius, behind, options, rng)
+        textured = options.unseen_textured_fill if name in UNSEEN_NAMES else None
+        fill = object_fill((y0, y1, x0, x1), center, radius, behind, options, rng,
+                           textured_fill=options.textured_fill if textured is None else textured)
         region = image[:, box[0], box[1]]
         np.copyto(region, fill, where=labels[box] == index + 1)
     if options.noise_std > 0:
