@@ -248,13 +248,14 @@ def main() -> None:
     parser.add_argument("--case", nargs=2, metavar=("SIZE", "SETTING"), help=argparse.SUPPRESS)
     parser.add_argument("--make-reference", nargs=3, metavar=("SIZE", "SETTING", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    ggn_cache = args.ggn_cache or args.cache
     if args.make_reference:
         size, setting, seed = args.make_reference
         make_reference(size, setting, int(seed), args.cache)
         return
     if args.case:
-        seeds, ggn_cache = tuple(args.seeds), args.ggn_cache or args.cache
-        print(json.dumps(run_case(*args.case, repeat=args.repeat, seeds=seeds, cache=args.cache, ggn_cache=ggn_cache)))
+        print(json.dumps(run_case(*args.case, repeat=args.repeat, seeds=tuple(args.seeds), cache=args.cache,
+                                  ggn_cache=ggn_cache)))
         return
     settings = list(args.settings) + (["orient+global exact"] if args.exact else [])
     print(
@@ -271,7 +272,7 @@ def main() -> None:
                 _subprocess(["--make-reference", size, reference, str(seed), "--cache", args.cache])
             out = _subprocess(
                 ["--case", size, setting, "--repeat", str(args.repeat), "--cache", args.cache]
-                + ["--ggn-cache", args.ggn_cache or args.cache, "--seeds"]
+                + ["--ggn-cache", ggn_cache, "--seeds"]
                 + [str(seed) for seed in args.seeds]
             )
             r = json.loads(out.strip().splitlines()[-1])
@@ -286,7 +287,7 @@ def main() -> None:
                 flush=True,
             )
     if args.per_map and not per_map:
-        print(f"\nvs GGN per map: no GGN files in {args.ggn_cache or args.cache} for these sizes and seeds")
+        print(f"\nvs GGN per map: no GGN files in {ggn_cache} for these sizes and seeds")
     if args.per_map and per_map:
         print(f"\nvs GGN per map (share of GGN's top {TOP} matched at IoU >= {MATCH_IOU})")
         print(f"{'size':>9} {'setting':>20} " + " ".join(f"{f'seed{k}':>6}" for k in args.seeds) + f" {'min':>6}")

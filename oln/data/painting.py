@@ -21,7 +21,6 @@ class PaintingOptions(Protocol):
     clutter_lines: int
     clutter_specks: int
     clutter_patches: int
-    textured_fill: float
     min_contrast: float
 
 
@@ -106,11 +105,11 @@ def object_fill(
     background_color: np.ndarray,
     options: PaintingOptions,
     rng: np.random.Generator,
-    textured_fill: float | None = None,
+    textured_fill: float,
 ) -> np.ndarray:
     """Colours (3, h, w) of an object over its box (y0, y1, x0, x1): fill style times gradient lighting.
 
-    `textured_fill` (None: `options.textured_fill`) is the probability of a non-flat fill style.
+    `textured_fill` is the probability of a non-flat fill style (it depends on the object's category).
     """
     y0, y1, x0, x1 = box
     yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(center[1]))[:, None]
@@ -121,7 +120,7 @@ def object_fill(
         if np.abs(color - background_color).max() >= options.min_contrast:
             break
         color = random_color(rng)
-    textured = rng.random() < (options.textured_fill if textured_fill is None else textured_fill)
+    textured = rng.random() < textured_fill
     style = FILL_STYLES[int(rng.integers(1, len(FILL_STYLES)))] if textured else "flat"
     second = color + rng.uniform(-90.0, 90.0, size=(3, 1, 1)).astype(np.float32)
     angle = rng.uniform(0.0, 2.0 * np.pi)

@@ -185,9 +185,9 @@ def render_scene(
         name, _, center, radius = placed[index]
         y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
         behind = image[:, (y0 + y1) // 2, (x0 + x1) // 2, None, None]  # colour near the box centre
-        textured = options.unseen_textured_fill if name in UNSEEN_NAMES else None
-        fill = object_fill((y0, y1, x0, x1), center, radius, behind, options, rng,
-                           textured_fill=options.textured_fill if textured is None else textured)
+        unseen_fill = name in UNSEEN_NAMES and options.unseen_textured_fill is not None
+        textured_fill = options.unseen_textured_fill if unseen_fill else options.textured_fill
+        fill = object_fill((y0, y1, x0, x1), center, radius, behind, options, rng, textured_fill=textured_fill)
         region = image[:, box[0], box[1]]
         np.copyto(region, fill, where=labels[box] == index + 1)
     if options.noise_std > 0:
