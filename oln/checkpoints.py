@@ -48,6 +48,22 @@ def reset_stale_checkpoints(out_dir: str | os.PathLike, settings: Any, code: str
     return removed
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (a training input's identity for `reset_stale_checkpoints`)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def input_fingerprints(**paths: str | os.PathLike) -> dict[str, str]:
+    """{name: SHA-256} of the files a training reads, for its checkpoint settings.
+
+    A training's json may change at the same path (merge_pseudo rewritten with another
+    `merge.top_k`, synthesize with another seed); its checkpoints must then be reset, not
+    resumed, so the content counts, not the path.
+    """
+    return {name: file_sha256(path) for name, path in paths.items()}
+
+
 def _settings_default(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return dataclasses.asdict(obj)

@@ -336,11 +336,37 @@ def test_merge_with_a_wrong_image_root_fails_naming_the_root_and_a_file(dataset,
     assert not (tmp_path / "merged.json").exists()
 
 
-def test_merge_with_a_shard_whose_images_moved_fails(dataset, tmp_path):
+def test_merge_with_an_unlabeled_shard_whose_images_moved_fails(dataset, tmp_path):
+    args = merge_args(dataset, tmp_path, dataset["root"])
+    path = tmp_path / "unlabeled_0.json"
+    extract_shard("m.pt", dataset["unlabeled_json"], dataset["other_root"], "unlabeled", 0, 1, OPTIONS, path)
+    write_json(path, {**read_json(path), "image_root": str(tmp_path / "moved")})
+    with pytest.raises(ValueError, match=r"2 of 2 images under .*moved could not be read"):
+        merge_pseudo(*args[:1], [*args[1], str(path)], *args[2:])
+
+
+def test_train_shard_of_a_copied_results_folder_merges_onto_the_annotated_images(dataset, tmp_path, caplog):
+    """A results folder copied elsewhere keeps shards whose image_root names the old place:
+    the pseudo masks must land on the annotated images, not on 4 added images without GT."""
+    args = merge_args(dataset, tmp_path, dataset["root"])
+    merge_pseudo(*args)
+    expected = read_json(tmp_path / "merged.json")
+    shard = read_json(args[1][0])
+    write_json(args[1][0], {**shard, "image_root": str(tmp_path / "elsewhere" / "images")})
+    with caplog.at_level("WARNING"):
+        merge_pseudo(*args)
+    assert "matched by file name" in caplog.text
+    merged = read_json(tmp_path / "merged.json")
+    assert merged == expected and len(merged["images"]) == 5
+    assert any(a.get("pseudo") for a in merged["annotations"])
+
+
+def test_train_shard_of_another_dataset_fails_naming_the_image(dataset, tmp_path):
     args = merge_args(dataset, tmp_path, dataset["root"])
     shard = read_json(args[1][0])
-    write_json(args[1][0], {**shard, "image_root": str(tmp_path / "moved")})
-    with pytest.raises(ValueError, match=r"4 of 4 images under .*moved could not be read"):
+    shard["images"][0]["file_name"] = "train/999.png"
+    write_json(args[1][0], shard)
+    with pytest.raises(ValueError, match=r"image 'train/999.png' of source 'train' is not in the annotated json"):
         merge_pseudo(*args)
 
 

@@ -116,3 +116,49 @@ def test_folder_fingerprint_follows_the_image_list(tmp_path):
     (tmp_path / "b.jpg").unlink()
     assert folder_fingerprint(tmp_path) == first
     assert folder_fingerprint(tmp_path / "missing") == folder_fingerprint(tmp_path / "sub" / "empty")
+
+
+def test_training_json_rewritten_at_the_same_path_resets_checkpoints(tmp_path, caplog):
+    """merge_pseudo re-run with other settings rewrites pseudo/train.json in place: the
+    detector must train again from scratch, not resume the finished checkpoint."""
+    import json
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    from oln.cli import main
+    from oln.io import read_json, write_json
+
+    images, annotations = [], []
+    for image_id in (1, 2):
+        pixels = np.full((64, 64, 3), 40, np.uint8)
+        pixels[8:40, 10:42] = 200
+        Image.fromarray(pixels).save(tmp_path / f"{image_id}.png")
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": 64, "width": 64})
+        annotations.append({"id": image_id, "image_id": image_id, "category_id": 1, "bbox": [10, 8, 32, 32],
+                            "area": 1024, "iscrowd": 0, "segmentation": [[10, 8, 42, 8, 42, 40, 10, 40]]})
+    train_json = tmp_path / "train.json"
+    write_json(train_json, {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]})
+    run = {"pseudo": False,
+           "detector": {"backbone": "resnet18_w16", "min_size": 64, "max_size": 64, "fpn_channels": 16,
+                        "box_head_dim": 32, "mask_head_channels": 8, "rois_per_image": 16,
+                        "anchor_sizes": [8, 16, 32, 64, 128]},
+           "train": {"iterations": 1, "batch_size": 2, "warmup_iters": 0, "checkpoint_every": 1, "log_every": 1}}
+    argv = ["train-detector", "--params", json.dumps(run), "--train-json", str(train_json), "--image-root",
+            str(tmp_path), "--out-dir", str(tmp_path / "det"), "--seen", "[1]", "--device", "cpu"]
+
+    def train() -> str:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert main(argv) == 0
+        return caplog.text
+
+    first = train()
+    assert "removed checkpoints" not in first and "resuming from" not in first
+    assert "resuming from" in train()  # same json: the finished checkpoint is resumed
+    data = read_json(train_json)
+    data["annotations"][1]["bbox"] = [12, 8, 30, 32]  # the same path, other content
+    write_json(train_json, data)
+    rewritten = train()
+    assert "removed checkpoints of other settings" in rewritten and "resuming from" not in rewritten

@@ -35,13 +35,6 @@ def _args(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def run_options(args: argparse.Namespace) -> dict:
     """The run's settings: --params (a run merged over detector.defaults already, as the rules
     pass it), or detector.runs[--run] of --config merged by `oln.config.merged_runs`."""
@@ -61,7 +54,7 @@ def run_options(args: argparse.Namespace) -> dict:
 
 @command("train-detector", "train a class-agnostic detector on seen GT (+ pseudo-GT)", None, _args)
 def train_detector(args: argparse.Namespace) -> dict:
-    from oln.checkpoints import reset_stale_checkpoints
+    from oln.checkpoints import input_fingerprints, reset_stale_checkpoints
     from oln.code_hash import stage_code_hash
     from oln.detector.train import DetectorTrainOptions
     from oln.detector.train import train_detector as run_training
@@ -71,10 +64,13 @@ def train_detector(args: argparse.Namespace) -> dict:
     grouping_run = run.pop("grouping_run", "<grouping_run>")
     options = options_from_dict(DetectorTrainOptions, run, "detector.runs")
     options.train.device = args.device
-    settings = {"options": options, "train_json": str(args.train_json), "filter_empty_gt": args.filter_empty_gt}
+    inputs = {"train_json": args.train_json}
     if args.grouping_model:  # two_tower: a retrained grouping run must not resume old checkpoints
         options.detector.grouping_model = str(args.grouping_model)
-        settings["grouping_model_sha256"] = _file_sha256(args.grouping_model)
+        inputs["grouping_model"] = args.grouping_model
+    # the inputs' content: a merge_pseudo re-run with other settings rewrites the same train json
+    settings = {"options": options, "train_json": str(args.train_json), "filter_empty_gt": args.filter_empty_gt,
+                "inputs": input_fingerprints(**inputs)}
     if options.detector.arch == "two_tower" and not options.detector.grouping_model:
         raise ConfigError(f"a two_tower run needs --grouping-model (detector/{grouping_run}/model.pt)")
     seen = split_ids(args.seen, categories_of(args.train_json))

@@ -32,14 +32,14 @@ def _args(p: argparse.ArgumentParser) -> None:
 def train_pa(args: argparse.Namespace) -> dict:
     from oln.affinity.train import PATrainOptions
     from oln.affinity.train import train_pa as run
-    from oln.checkpoints import reset_stale_checkpoints
+    from oln.checkpoints import input_fingerprints, reset_stale_checkpoints
     from oln.code_hash import stage_code_hash
 
     options = options_from_dict(PATrainOptions, section_of(args), "pa_train")
     options.train.device = args.device
     seen = split_ids(args.seen, categories_of(args.train_json))
     settings = {"options": options, "seen": seen, "train_json": str(args.train_json),
-                "filter_empty_gt": args.filter_empty_gt}
+                "filter_empty_gt": args.filter_empty_gt, "inputs": input_fingerprints(train_json=args.train_json)}
     if reset_stale_checkpoints(args.out_dir, settings, stage_code_hash([__name__])):
         log.info("removed checkpoints of other settings or code in %s", args.out_dir)
     log.info("training PA on %s (%d seen categories) into %s", args.train_json, len(seen), args.out_dir)

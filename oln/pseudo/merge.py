@@ -4,8 +4,11 @@ Pseudo masks (records of `extract_shard` files) are kept when they do not
 overlap annotated GT (`gt_iou < max_gt_iou`), pass the optional score
 threshold and are among the `top_k` best left in their image. They get new
 annotation ids, `pseudo: 1`, and the id of an added category named "pseudo".
-Images of other sources are added with new ids and a `file_name` that resolves
-against the output's `image_root` (relative when possible, absolute otherwise).
+Shard images of the annotated source (`train`) are the annotated json's images, matched
+by `file_name` (so a results folder that was moved or copied still merges onto its own
+images; a shard image missing from the json is an error). Images of other sources are
+added with new ids and a `file_name` that resolves against the output's `image_root`
+(relative when possible, absolute otherwise).
 When more than `MergeOptions.max_skipped_fraction` of the annotated images (or of a
 shard's images) are missing under their root, the merge fails and writes nothing.
 """
@@ -28,6 +31,7 @@ from oln.rle import decode_rle
 
 log = logging.getLogger(__name__)
 PSEUDO_CATEGORY_NAME = "pseudo"
+ANNOTATED_SOURCE = "train"  # the source whose shards hold the annotated json's own images
 
 
 @dataclass
@@ -141,8 +145,9 @@ def add_shard_images(shard_paths: list[str], images: list[dict], path_to_id: dic
 
     Args:
         shard_paths: shard files of `extract_shard` (read in sorted order).
-        images: output images; a shard image whose file is not among them is appended with the
-            next id, its `source` and a `file_name` that resolves against `image_root`.
+        images: output images, the annotated json's first; a shard image of another source whose
+            file is not among them is appended with the next id, its `source` and a `file_name`
+            that resolves against `image_root`.
         path_to_id: resolved file path -> output image id; updated with the added images.
         image_root: root of the output json.
         max_fraction: fail when more than this share of a shard's images are missing.
@@ -150,9 +155,15 @@ def add_shard_images(shard_paths: list[str], images: list[dict], path_to_id: dic
         proposal records by output image id, in shard order.
     """
     next_image_id = max([im["id"] for im in images], default=0) + 1
+    annotated_ids = {os.path.normpath(im["file_name"]): im["id"] for im in images}
     records_by_image: dict[int, list[dict]] = {}
     for shard_path in sorted(shard_paths):
         shard = read_json(shard_path)
+        if shard.get("source") == ANNOTATED_SOURCE:
+            id_map = annotated_image_ids(shard, shard_path, annotated_ids, image_root)
+            for record in shard["records"]:
+                records_by_image.setdefault(id_map[record["image_id"]], []).append(record)
+            continue
         check_image_files(shard.get("images", []), shard["image_root"], max_fraction)
         id_map = {}
         for info in shard.get("images", []):
@@ -166,6 +177,26 @@ def add_shard_images(shard_paths: list[str], images: list[dict], path_to_id: dic
         for record in shard["records"]:
             records_by_image.setdefault(id_map[record["image_id"]], []).append(record)
     return records_by_image
+
+
+def annotated_image_ids(shard: dict, shard_path: str, annotated_ids: dict[str, int],
+                        image_root: str | os.PathLike) -> dict[int, int]:
+    """Shard image id -> annotated json image id, by `file_name`, for a shard of the annotated source.
+
+    Raises:
+        ValueError: a shard image is not in the annotated json (the shard is of another dataset).
+    """
+    if _resolved(shard["image_root"], ".") != _resolved(image_root, "."):
+        log.warning("%s was extracted from the images under %s; merged onto those of the annotated json under %s "
+                    "(matched by file name)", shard_path, shard["image_root"], image_root)
+    id_map = {}
+    for info in shard.get("images", []):
+        image_id = annotated_ids.get(os.path.normpath(info["file_name"]))
+        if image_id is None:
+            raise ValueError(f"{shard_path}: image {info['file_name']!r} of source '{ANNOTATED_SOURCE}' is not in "
+                             f"the annotated json (a shard of another dataset? re-run extract_pseudo)")
+        id_map[info["id"]] = image_id
+    return id_map
 
 
 def select_pseudo_masks(records_by_image: dict[int, list[dict]],
