@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from oln.detector.window_roi_align import roi_align_windows
+
 FINEST_SCALE = 56  # mmdet SingleRoIExtractor: boxes below 2 * 56 px go to the finest level
 LEVEL_EPS = 1e-6
 
@@ -65,7 +67,7 @@ class AlignedMultiScaleRoIAlign(nn.Module):
         result = first.new_zeros((len(rois), first.shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, scales)):
             index = torch.where(levels == level)[0]
-            pooled = roi_align(
+            pooled = pool_function(feature)(
                 feature,
                 rois[index],
                 self.output_size,
@@ -75,3 +77,12 @@ class AlignedMultiScaleRoIAlign(nn.Module):
             )
             result[index] = pooled.to(result.dtype)
         return result
+
+
+def pool_function(feature: Tensor):
+    """RoIAlign for `feature`: by windows when training on the CPU (the same numbers up to float
+    summation order, a 4-10x faster backward: `oln.detector.window_roi_align`), torchvision's
+    kernel otherwise (CUDA, and inference, where its forward is as fast or faster)."""
+    if feature.device.type == "cpu" and torch.is_grad_enabled() and feature.requires_grad:
+        return roi_align_windows
+    return roi_align
