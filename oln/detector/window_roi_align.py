@@ -17,6 +17,8 @@ coordinates clamped to [0, size - 1]. Results equal torchvision's up to float su
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -44,13 +46,13 @@ def roi_align_windows(features: Tensor, rois: Tensor, output_size: tuple[int, in
     return _WindowRoIAlign.apply(features, plan)
 
 
+@dataclass
 class _WindowPlan:
     """Where each chunk of RoIs reads: RoI indices, window cells (R, Ky, Kx) into the
     channels-last flattened map, and the row / column weights (R, P, Ky), (R, Q, Kx)."""
 
-    def __init__(self, shape: torch.Size, chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> None:
-        self.shape = shape
-        self.chunks = chunks
+    shape: torch.Size
+    chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]]
 
 
 def _window_plan(shape: torch.Size, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
@@ -61,11 +63,11 @@ def _window_plan(shape: torch.Size, rois: Tensor, output_size: tuple[int, int], 
     box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     if not aligned:
         box_w, box_h = box_w.clamp(min=1.0), box_h.clamp(min=1.0)
-    start_y, weights_y = axis_weights(boxes[:, 1], box_h, bins_y, height, sampling_ratio)
-    start_x, weights_x = axis_weights(boxes[:, 0], box_w, bins_x, width, sampling_ratio)
+    start_y, weights_y, need_y = axis_weights(boxes[:, 1], box_h, bins_y, height, sampling_ratio)
+    start_x, weights_x, need_x = axis_weights(boxes[:, 0], box_w, bins_x, width, sampling_ratio)
     cell = rois[:, 0].long() * (height * width)
     chunks = []
-    for index, window_y, window_x in _chunks(weights_y, weights_x, shape[1]):
+    for index, window_y, window_x in _chunks(need_y, need_x, weights_y.shape[-1], weights_x.shape[-1], shape[1]):
         rows = (start_y[index, None] + torch.arange(window_y)).clamp(max=height - 1)
         cols = (start_x[index, None] + torch.arange(window_x)).clamp(max=width - 1)
         cells = cell[index, None, None] + rows[:, :, None] * width + cols[:, None, :]
@@ -102,8 +104,10 @@ class _WindowRoIAlign(torch.autograd.Function):
         return grad, None
 
 
-def axis_weights(start: Tensor, length: Tensor, bins: int, size: int, sampling_ratio: int) -> tuple[Tensor, Tensor]:
-    """Each RoI's first touched cell along one axis and its (R, bins, span) averaged sample weights.
+def axis_weights(start: Tensor, length: Tensor, bins: int, size: int,
+                 sampling_ratio: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Each RoI's first touched cell along one axis, its (R, bins, span) averaged sample weights
+    and the number of cells it touches.
 
     Args:
         start: (R,) RoI start in feature cells (scaled, shifted).
@@ -112,8 +116,9 @@ def axis_weights(start: Tensor, length: Tensor, bins: int, size: int, sampling_r
         size: feature map size along the axis.
         sampling_ratio: samples per bin (0 = ceil(length / bins) per RoI).
     Returns:
-        (start cell (R,) int64, weights (R, bins, span)) where span covers every RoI's touched
-        cells; weight [r, p, k] is bin p's averaged bilinear weight of cell start[r] + k.
+        (start cell (R,) int64, weights (R, bins, span), touched cells (R,) int64 >= 1) where span
+        covers every RoI's touched cells; weight [r, p, k] is bin p's averaged bilinear weight of
+        cell start[r] + k.
     """
     if sampling_ratio > 0:
         samples = torch.full_like(length, float(sampling_ratio))
@@ -137,39 +142,32 @@ def axis_weights(start: Tensor, length: Tensor, bins: int, size: int, sampling_r
     low, high = low.long(), high.long()
     first = torch.where(valid, low, torch.full_like(low, size)).amin(dim=(1, 2)).clamp(max=size - 1)
     last = torch.where(valid, high, torch.full_like(high, -1)).amax(dim=(1, 2))
-    span = max(int((last - first).max().item()) + 1, 1)
+    touched = (last - first + 1).clamp(min=1)
+    span = int(touched.max().item())
     # invalid samples carry zero weight; put them at offset 0 so they stay inside the window
     low_offset = torch.where(valid, low - first[:, None, None], torch.zeros_like(low))
     high_offset = torch.where(valid, high - first[:, None, None], torch.zeros_like(high))
     weights = torch.zeros((len(start), bins, span), dtype=start.dtype)
     weights.scatter_add_(2, low_offset, (1.0 - high_weight) * share)
     weights.scatter_add_(2, high_offset, high_weight * share)
-    return first, weights
+    return first, weights, touched
 
 
-def _chunks(weights_y: Tensor, weights_x: Tensor, channels: int):
-    """(RoI indices, window rows, window cols): RoIs grouped by power-of-two window sizes, chunked
-    so that a chunk's gathered windows hold at most MAX_WINDOW_ELEMENTS floats."""
-    need_y = _touched_span(weights_y)
-    need_x = _touched_span(weights_x)
+def _chunks(need_y: Tensor, need_x: Tensor, span_y: int, span_x: int, channels: int):
+    """(RoI indices, window rows, window cols): RoIs grouped by power-of-two window sizes (at
+    most the spans of the weights), chunked so that a chunk's gathered windows hold at most
+    MAX_WINDOW_ELEMENTS floats."""
     bucket_y = _next_power_of_two(need_y)
     bucket_x = _next_power_of_two(need_x)
     keys = bucket_y * (int(bucket_x.max()) + 1) + bucket_x
     for key in torch.unique(keys).tolist():
         index = torch.where(keys == key)[0]
-        window_y = min(int(bucket_y[index[0]]), weights_y.shape[-1])
-        window_x = min(int(bucket_x[index[0]]), weights_x.shape[-1])
+        window_y = min(int(bucket_y[index[0]]), span_y)
+        window_x = min(int(bucket_x[index[0]]), span_x)
         per_roi = window_y * window_x * channels
         step = max(1, MAX_WINDOW_ELEMENTS // per_roi)
         for begin in range(0, len(index), step):
             yield index[begin:begin + step], window_y, window_x
-
-
-def _touched_span(weights: Tensor) -> Tensor:
-    """(R,) cells from a RoI's window start to its last cell with a non-zero weight, at least 1."""
-    touched = (weights != 0).any(dim=1)  # (R, span)
-    last = torch.where(touched, torch.arange(weights.shape[-1]), torch.full_like(touched, -1, dtype=torch.long))
-    return last.amax(dim=1).clamp(min=0) + 1
 
 
 def _next_power_of_two(values: Tensor) -> Tensor:
