@@ -86,8 +86,11 @@ def _describe(error: jsonschema.ValidationError, prefix: str = "") -> str:
     return f"{key}: {error.message}"
 
 
-def validate_config(config: Mapping[str, Any]) -> dict:
+def validate_config(config: Mapping[str, Any], whole: bool = True) -> dict:
     """Validate a config dict against the schema and return a copy with defaults filled in.
+
+    `whole=False` is for one section given alone (a stage's `--params`): the checks that
+    compare sections (prediction cap against the AR budgets) need the whole config.
 
     Raises:
         ConfigError: naming every invalid key (one per line).
@@ -97,7 +100,8 @@ def validate_config(config: Mapping[str, Any]) -> dict:
     errors = sorted(_DefaultingValidator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path))
     messages = [_describe(e) for e in errors]
     if not errors:
-        messages = _run_errors(filled, schema) + _schedule_errors(filled.get("pa_train", {}).get("train"), "pa_train")
+        messages = (_run_errors(filled, schema) + _schedule_errors(filled.get("pa_train", {}).get("train"), "pa_train")
+                    + (_budget_errors(filled) if whole else []))
     if messages:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
     return filled
@@ -159,6 +163,20 @@ def extract_settings(extract: Mapping[str, Any], proposals: bool = False) -> dic
     """
     unread = set(NON_OPTION_KEYS["extract"]) - {"proposals_top_k"} | {"top_k" if proposals else "proposals_top_k"}
     return {key: copy.deepcopy(value) for key, value in extract.items() if key not in unread}
+
+
+def _budget_errors(filled: Mapping[str, Any]) -> list[str]:
+    """Each run must predict at least the largest AR@k budget (`evaluate.max_dets`) per image."""
+    largest_k = max(filled.get("evaluate", {}).get("max_dets", [0]))
+    predict_cap = filled.get("predict", {}).get("max_detections", 0)
+    messages = []
+    for name, merged in merged_runs(filled.get("detector", {})).items():
+        cap = predict_cap or merged.get("detector", {}).get("max_detections", largest_k)
+        if cap < largest_k:
+            key = "predict.max_detections" if predict_cap else f"detector.runs.{name}.detector.max_detections"
+            messages.append(f"{key}: {cap} detections per image is below the largest evaluate.max_dets ({largest_k}); "
+                            f"AR@{largest_k} would be AR@{cap}")
+    return messages
 
 
 def _schedule_errors(train: Mapping[str, Any] | None, section: str) -> list[str]:

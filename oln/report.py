@@ -96,7 +96,7 @@ def write_summary(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str
         runs = ", ".join(table.loc[table["protocol"] == protocol, "run"])
         parts += [f"Protocol `{protocol}` ({PROTOCOL_TEXT.get(protocol, 'see eval/<run>.json')}): {runs}.", ""]
     for label in ("mask", "box"):
-        columns = ["run"] + [c for c in table.columns if c.startswith(f"{label} ")]
+        columns = ["run"] + [c for c in table.columns if c.startswith(f"{label} ") and table[c].notna().any()]
         if table[columns[1:]].notna().any().any():
             parts += [f"## {label}", "", markdown_table(table, columns), ""]
     if table["run"].str.contains("@seed").any():
@@ -224,14 +224,26 @@ def _found(gt_rles: list[dict], det_segms: list[dict]) -> list[bool]:
 REPLICATE_METRICS = ("mask AR@100", "box AR@100", "mask AR@1000", "mask AUC")
 
 
+def replicate_metrics(table: pd.DataFrame) -> tuple[str, ...]:
+    """`REPLICATE_METRICS` the table has, mask AR at its largest evaluated budget in place of AR@1000."""
+    evaluated = [k for k in SUMMARY_KS if k > 100 and f"mask AR@{k}" in table and table[f"mask AR@{k}"].notna().any()]
+    largest = f"mask AR@{max(evaluated)}" if evaluated else ""
+    metrics = (largest if m == "mask AR@1000" else m for m in REPLICATE_METRICS)
+    return tuple(m for m in metrics if m in table)
+
+
 def split_replicate(name: str) -> tuple[str, int]:
     """(`run`, k) of an evaluation name `<run>@seed<k>`; a plain name is replicate 0."""
     run, sep, seed = name.rpartition("@seed")
     return (run, int(seed)) if sep and seed.isdigit() else (name, 0)
 
 
-def replicate_table(table: pd.DataFrame, metrics: Sequence[str] = REPLICATE_METRICS) -> pd.DataFrame:
-    """Per run: number of replicates, mean and sample standard deviation of `metrics` over them."""
+def replicate_table(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per run: number of replicates, mean and sample standard deviation of `metrics` over them.
+
+    `metrics` defaults to `replicate_metrics(table)`.
+    """
+    metrics = replicate_metrics(table) if metrics is None else metrics
     keys = table["run"].map(split_replicate)
     grouped = table.assign(base=[k[0] for k in keys]).groupby("base", sort=False)
     rows = []
@@ -262,12 +274,13 @@ def paired_differences(table: pd.DataFrame, run: str, reference: str,
 def replicate_markdown(table: pd.DataFrame, pairs: Sequence[tuple[str, str]],
                        metric: str = "mask AR@100") -> str:
     """Markdown: mean ± std per run over replicates, then the paired differences of each pair."""
-    summary = replicate_table(table)
-    lines = ["## replicates", "", "| run | replicates | " + " | ".join(REPLICATE_METRICS) + " |",
-             "|---|---|" + "---|" * len(REPLICATE_METRICS)]
+    metrics = replicate_metrics(table)
+    summary = replicate_table(table, metrics)
+    lines = ["## replicates", "", "| run | replicates | " + " | ".join(metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
     for _, row in summary.iterrows():
         cells = [f"{row[f'{m} mean']:.1f} ± {row[f'{m} std']:.1f}" if not pd.isna(row[f"{m} std"])
-                 else f"{row[f'{m} mean']:.1f}" for m in REPLICATE_METRICS]
+                 else f"{row[f'{m} mean']:.1f}" for m in metrics]
         lines.append(f"| {row['run']} | {row['replicates']} | " + " | ".join(cells) + " |")
     for run, reference in pairs:
         diffs = paired_differences(table, run, reference, metric)

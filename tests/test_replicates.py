@@ -63,3 +63,11 @@ def test_report_gives_mean_std_and_paired_differences():
     assert summary.loc["pa_proposals", "replicates"] == 1
     diffs = paired_differences(table, "ggn", "baseline")
     assert diffs["difference"].tolist() == [4.0, 3.0]
+
+
+def test_replicate_table_shows_the_largest_evaluated_budget():
+    table = pd.DataFrame({"run": ["baseline", "baseline@seed1"], "mask AR@100": [20.0, 22.0],
+                          "mask AR@300": [25.0, 27.0], "mask AR@1000": [float("nan")] * 2})
+    summary = replicate_table(table).set_index("run")
+    assert summary.loc["baseline", "mask AR@300 mean"] == 26.0
+    assert "mask AR@1000 mean" not in summary
