@@ -24,7 +24,8 @@ import yaml
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 #: Keys of a section that are not fields of its stage's options dataclass: the workflow's
 #: (image sources, shard count) and the budget of GGN's PA proposals (see `extract_settings`).
-NON_OPTION_KEYS: dict[str, tuple[str, ...]] = {"extract": ("sources", "num_shards", "proposals_top_k")}
+NON_OPTION_KEYS: dict[str, tuple[str, ...]] = {"extract": ("sources", "num_shards", "proposals_top_k"),
+                                               "merge": ("ranker",)}
 #: Keys that only set parallelism: a stage's outputs are the same for any value, so a rule
 #: leaves them out of its tracked params (editing one re-runs nothing; see `tracked_settings`).
 OUTPUT_NEUTRAL_KEYS: dict[str, tuple[str, ...]] = {
@@ -86,11 +87,8 @@ def _describe(error: jsonschema.ValidationError, prefix: str = "") -> str:
     return f"{key}: {error.message}"
 
 
-def validate_config(config: Mapping[str, Any], whole: bool = True) -> dict:
+def validate_config(config: Mapping[str, Any]) -> dict:
     """Validate a config dict against the schema and return a copy with defaults filled in.
-
-    `whole=False` is for one section given alone (a stage's `--params`): the checks that
-    compare sections (prediction cap against the AR budgets) need the whole config.
 
     Raises:
         ConfigError: naming every invalid key (one per line).
@@ -101,7 +99,7 @@ def validate_config(config: Mapping[str, Any], whole: bool = True) -> dict:
     messages = [_describe(e) for e in errors]
     if not errors:
         messages = (_run_errors(filled, schema) + _schedule_errors(filled.get("pa_train", {}).get("train"), "pa_train")
-                    + (_budget_errors(filled) if whole else []))
+                    + _ranker_errors(filled))
     if messages:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
     return filled
@@ -165,18 +163,21 @@ def extract_settings(extract: Mapping[str, Any], proposals: bool = False) -> dic
     return {key: copy.deepcopy(value) for key, value in extract.items() if key not in unread}
 
 
-def _budget_errors(filled: Mapping[str, Any]) -> list[str]:
-    """Each run must predict at least the largest AR@k budget (`evaluate.max_dets`) per image."""
-    largest_k = max(filled.get("evaluate", {}).get("max_dets", [0]))
-    predict_cap = filled.get("predict", {}).get("max_detections", 0)
-    messages = []
-    for name, merged in merged_runs(filled.get("detector", {})).items():
-        cap = predict_cap or merged.get("detector", {}).get("max_detections", largest_k)
-        if cap < largest_k:
-            key = "predict.max_detections" if predict_cap else f"detector.runs.{name}.detector.max_detections"
-            messages.append(f"{key}: {cap} detections per image is below the largest evaluate.max_dets ({largest_k}); "
-                            f"AR@{largest_k} would be AR@{cap}")
-    return messages
+def _ranker_errors(filled: Mapping[str, Any]) -> list[str]:
+    """`merge.ranker` names a run that trains on seen GT only and can score boxes."""
+    name = filled.get("merge", {}).get("ranker")
+    if name is None:
+        return []
+    runs = merged_runs(filled.get("detector", {}))
+    if name not in runs:
+        return [f"merge.ranker: '{name}' is not a detector run (runs: {sorted(runs)})"]
+    run = runs[name]
+    if run.get("pseudo") or run.get("grouping_run"):
+        return [f"merge.ranker: run '{name}' trains on pseudo-GT or on a grouping run; the ranker must be "
+                f"trained on the annotated GT alone (GGN's OLN ranker), e.g. the baseline"]
+    if run.get("detector", {}).get("arch") == "two_tower":
+        return [f"merge.ranker: run '{name}' is a two_tower model, which cannot score boxes"]
+    return []
 
 
 def _schedule_errors(train: Mapping[str, Any] | None, section: str) -> list[str]:

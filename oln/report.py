@@ -47,7 +47,23 @@ def summary_row(name: str, evaluation: dict) -> dict:
             row[f"{label} AR_{size}@100"] = _pct(metrics, f"AR_{size}@100")
         reference = evaluation.get("seen_reference", {}).get(iou_type)
         row[f"{label} AR@100 seen"] = _pct(reference, "AR@100")
+    per_image = [m.get("max_detections_per_image") for key, m in evaluation.items()
+                 if key in ("bbox", "segm") and isinstance(m, dict)]
+    row["max detections per image"] = max((n for n in per_image if n is not None), default=math.nan)
     return row
+
+
+def capped_budget_notes(table: pd.DataFrame) -> list[str]:
+    """A line per run whose detections per image stop below a summary budget k (AR@k = AR@cap there)."""
+    if "max detections per image" not in table:
+        return []
+    notes = []
+    for run, cap in zip(table["run"], table["max detections per image"]):
+        above = [k for k in SUMMARY_KS if not pd.isna(cap) and k > cap]
+        if above:
+            notes.append(f"`{run}` has at most {int(cap)} detections per image: its AR@k for k = "
+                         f"{', '.join(map(str, above))} is its AR@{int(cap)}.")
+    return notes
 
 
 PROTOCOL_TEXT = {
@@ -95,6 +111,9 @@ def write_summary(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str
     for protocol in dict.fromkeys(table["protocol"]) if "protocol" in table else ():
         runs = ", ".join(table.loc[table["protocol"] == protocol, "run"])
         parts += [f"Protocol `{protocol}` ({PROTOCOL_TEXT.get(protocol, 'see eval/<run>.json')}): {runs}.", ""]
+    notes = capped_budget_notes(table)
+    if notes:
+        parts += [" ".join(notes), ""]
     for label in ("mask", "box"):
         columns = ["run"] + [c for c in table.columns if c.startswith(f"{label} ") and table[c].notna().any()]
         if table[columns[1:]].notna().any().any():

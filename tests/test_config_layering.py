@@ -14,7 +14,7 @@ import pytest
 import yaml
 from test_workflow import copy_workflow
 
-from oln.config import ConfigError, validate_config
+from oln.config import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,15 +109,3 @@ def test_coerce_strings_reads_yaml_only_where_the_schema_wants_another_type():
     assert coerced["experiment"] == "123"  # a string where the schema wants one
     assert coerced["pa_train"]["train"] == {"iterations": 5, "amp": False}
     assert coerced["detector"]["runs"]["ggn"] == {"train": {"lr": 0.1}, "pseudo": True}
-
-
-def test_a_prediction_cap_below_the_largest_ar_budget_is_an_error():
-    config = {"predict": {"max_detections": 300}, "evaluate": {"max_dets": [10, 100, 1000]},
-              "detector": {"runs": {"baseline": {}}}}
-    with pytest.raises(ConfigError, match=r"predict.max_detections: 300 .* evaluate.max_dets \(1000\)"):
-        validate_config(config)
-    config["evaluate"]["max_dets"] = [10, 100, 300]
-    assert validate_config(config)["predict"]["max_detections"] == 300
-    stored_cap = {"detector": {"defaults": {"detector": {"max_detections": 100}}, "runs": {"ggn": {}}}}
-    with pytest.raises(ConfigError, match=r"detector.runs.ggn.detector.max_detections: 100 .* \(1500\)"):
-        validate_config(stored_cap)

@@ -132,8 +132,10 @@ def test_images_without_gt_or_detections_count():
     dets = [det([0, 0, 10, 10], 0.9, image_id=1), det([50, 50, 10, 10], 0.9, image_id=3)]
     result = recall_bbox(gt, dets)
     assert result["num_images"] == 3 and result["num_gt"] == 2 and result["num_detections"] == 2
+    assert result["max_detections_per_image"] == 1
     assert all(result[f"AR@{k}"] == 0.5 for k in DEFAULT_MAX_DETS)
     assert recall_bbox(gt, [])["AR@1000"] == 0.0
+    assert recall_bbox(gt, dets + [det([20, 20, 5, 5], 0.5, image_id=1)])["max_detections_per_image"] == 2
 
 
 def test_errors_are_clear():

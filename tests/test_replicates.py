@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from test_workflow import copy_workflow
 
-from oln.report import paired_differences, replicate_table, split_replicate
+from oln.report import capped_budget_notes, paired_differences, replicate_table, split_replicate
 
 # Default config: 3 detector runs (baseline, ggn, two_tower); 1 pseudo-GT source (train) x 2 shards.
 SINGLE = {"train_detector": 3, "predict": 3, "evaluate": 4, "train_pa": 1, "extract_pseudo": 2, "total": 21}
@@ -71,3 +71,11 @@ def test_replicate_table_shows_the_largest_evaluated_budget():
     summary = replicate_table(table).set_index("run")
     assert summary.loc["baseline", "mask AR@300 mean"] == 26.0
     assert "mask AR@1000 mean" not in summary
+
+
+def test_summary_says_where_a_run_has_fewer_detections_than_the_budget():
+    table = pd.DataFrame({"run": ["ggn", "pa_proposals", "old"], "max detections per image": [300, 20, float("nan")]})
+    notes = capped_budget_notes(table)
+    assert notes == ["`ggn` has at most 300 detections per image: its AR@k for k = 1000 is its AR@300.",
+                     "`pa_proposals` has at most 20 detections per image: its AR@k for k = 30, 100, 300, 1000 "
+                     "is its AR@20."]

@@ -159,6 +159,9 @@ SHARDS = 4
         ({"evaluate.seen_removal": "rematch"}, {"evaluate": len(EVALS), "report": 1}),
         ({"predict.batch_size": 1}, {"predict": len(RUNS), "evaluate": len(EVALS) - 1, "report": 1}),
         ({"detector.runs.baseline.train.lr": 0.03}, {**PER_RUN, "report": 1}),
+        # the ranker run's model re-ranks the pseudo masks: merge and every pseudo-GT run follow it
+        ({"detector.runs.oln.train.lr": 0.03}, {"train_detector": 4, "predict": 4, "evaluate": 4, "merge_pseudo": 1,
+                                               "report": 1}),
         ({"merge.top_k": 2}, {"merge_pseudo": 1, **PSEUDO_DOWNSTREAM, "report": 1}),
         ({"extract.top_k": 10}, {"extract_pseudo": SHARDS, "merge_pseudo": 1, **PSEUDO_DOWNSTREAM, "report": 1}),
         ({"extract.proposals_top_k": 50}, {"pa_proposals": 1, "evaluate": 1, "report": 1}),
@@ -170,8 +173,8 @@ SHARDS = 4
                                         "pa_proposals": 1, "train_detector": 3, "predict": 3, "evaluate": 4,
                                         "report": 1}),
     ],
-    ids=["report", "evaluate", "predict", "detector_run", "merge", "extract", "pa_proposals", "extract_workers",
-         "predict_workers", "evaluate_workers", "pa_eval", "pa_train"],
+    ids=["report", "evaluate", "predict", "detector_run", "ranker_run", "merge", "extract", "pa_proposals",
+         "extract_workers", "predict_workers", "evaluate_workers", "pa_eval", "pa_train"],
 )
 def test_editing_a_section_reruns_exactly_its_stage_and_dependants(tiny, edits, expected):
     # record_config rewrites results/<experiment>/config.yaml whenever the config changes

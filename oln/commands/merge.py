@@ -6,9 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from oln.commands.common import add_split_arguments, categories_of, split_ids
+from oln.commands.common import add_device_argument, add_split_arguments, categories_of, split_ids
 from oln.commands.registry import command, section_of
-from oln.config import options_from_dict
+from oln.config import NON_OPTION_KEYS, options_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", required=True, type=Path,
                    help="statistics json to write (kept masks, recall of unseen objects)")
     p.add_argument("--gallery", required=True, type=Path, help="PNG gallery of kept pseudo masks to write")
+    p.add_argument("--ranker-model", type=Path, default=None,
+                   help="model.pt of a detector trained on seen GT: re-rank the candidates with it (GGN's OLN ranker)")
+    add_device_argument(p)
     add_split_arguments(p)
 
 
@@ -28,10 +31,12 @@ def _args(p: argparse.ArgumentParser) -> None:
 def merge(args: argparse.Namespace) -> dict:
     from oln.pseudo.merge import MergeOptions, merge_pseudo
 
-    options = options_from_dict(MergeOptions, section_of(args), "merge")
+    section = {k: v for k, v in section_of(args).items() if k not in NON_OPTION_KEYS["merge"]}
+    options = options_from_dict(MergeOptions, section, "merge")
     seen = split_ids(args.seen, categories_of(args.gt_json))
     log.info("merging %d shard files with the seen GT of %s", len(args.shards), args.gt_json)
     # The training json annotates every category (COCO and synthetic alike), so it also
     # serves as full GT for the recall of unseen objects by the kept pseudo masks.
     return merge_pseudo(args.gt_json, [str(p) for p in args.shards], seen, options, args.out_json, args.stats,
-                        args.gallery, args.image_root, full_gt_json=args.gt_json)
+                        args.gallery, args.image_root, full_gt_json=args.gt_json, ranker_model=args.ranker_model,
+                        device=args.device)

@@ -48,7 +48,7 @@ def config_of(args: argparse.Namespace) -> dict:
             section = json.loads(args.params)
         except json.JSONDecodeError as err:
             raise ConfigError(f"--params is not valid JSON ({err})") from err
-        return validate_config({args.section: section}, whole=False)
+        return validate_config({args.section: section})
     path = Path(args.config)
     if path.is_dir():
         raise ConfigError(f"--config {path} is a directory; give a YAML file (e.g. {path / 'config.yaml'})")

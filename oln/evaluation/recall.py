@@ -138,7 +138,8 @@ def evaluate_recall(
         Dict with `AR@{k}` per k, `AR_s@100`, `AR_m@100`, `AR_l@100` (None when the
         range has no evaluable GT), `AR@100_iou50`, `AR@100_iou75`, `AUC` (fractions),
         and `iou_type`, `protocol`, `seen_category_ids`, `num_images`, `num_gt`
-        (evaluable GT, all areas), `num_seen_gt`, `num_detections` (evaluated), `max_dets`,
+        (evaluable GT, all areas), `num_seen_gt`, `num_detections` (evaluated),
+        `max_detections_per_image` (the most any image has, up to the largest k), `max_dets`,
         `iou_thrs`, and `warnings` (what was dropped, e.g. detections on image ids not in `gt`).
 
     Raises:
@@ -164,7 +165,9 @@ def evaluate_recall(
     result: dict = {"iou_type": iou_type, "protocol": _protocol_name(seen, seen_removal), "seen_category_ids": seen}
     result.update(_recall_metrics(found, num_gt, ks, max_dets, report_index))
     result.update(num_images=len(inputs.images), num_gt=int(num_gt[0]), num_seen_gt=inputs.num_seen_gt,
-                  num_detections=inputs.num_detections, max_dets=max_dets,
+                  num_detections=inputs.num_detections,
+                  max_detections_per_image=max((len(image.dt_geometry) for image in inputs.images), default=0),
+                  max_dets=max_dets,
                   iou_thrs=[float(t) for t in thresholds], warnings=inputs.warnings)
     return result
 

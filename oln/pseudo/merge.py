@@ -81,6 +81,8 @@ def merge_pseudo(
     gallery_png: str | os.PathLike,
     image_root: str | os.PathLike,
     full_gt_json: str | os.PathLike | None = None,
+    ranker_model: str | os.PathLike | None = None,
+    device: str = "auto",
 ) -> dict:
     """Write the merged training json, its stats json and a gallery of kept pseudo masks.
 
@@ -93,6 +95,9 @@ def merge_pseudo(
         image_root: root the gt_json's file names are relative to; also the root of the output json.
         full_gt_json: optional json annotating ALL categories of (some of) the images, to measure the
             recall of unseen-category objects by the kept pseudo masks.
+        ranker_model: model.pt of a detector trained on seen GT; when given, every candidate's
+            `score` becomes GGN's ranker score before the filters (`oln.pseudo.ranker`).
+        device: where the ranker runs ("auto" | "cpu" | "cuda[:N]").
     Returns:
         the stats dict.
     Raises:
@@ -109,6 +114,8 @@ def merge_pseudo(
     pseudo_id = max([c["id"] for c in categories], default=0) + 1
     categories.append({"id": pseudo_id, "name": PSEUDO_CATEGORY_NAME, "supercategory": PSEUDO_CATEGORY_NAME})
     records_by_image = add_shard_images(shard_paths, images, path_to_id, image_root, options.max_skipped_fraction)
+    if ranker_model is not None:
+        rank_with_detector(records_by_image, images, image_root, ranker_model, device)
     kept_by_image, dropped = select_pseudo_masks(records_by_image, options)
     first_id = max([a["id"] for a in gt.get("annotations", [])], default=0) + 1
     annotations = [dict(a) for a in gt.get("annotations", []) if a["category_id"] in seen]
@@ -120,6 +127,7 @@ def merge_pseudo(
     write_json(out_json, merged)
 
     stats = merge_stats(merged, records_by_image, kept_by_image, dropped, pseudo_id)
+    stats["ranker"] = None if ranker_model is None else str(ranker_model)
     if full_gt_json is not None:
         stats["unseen_recall"] = unseen_recall(
             read_json(full_gt_json), image_root, path_to_id, kept_by_image, seen, options.recall_iou
@@ -127,6 +135,21 @@ def merge_pseudo(
     write_json(stats_json, stats, indent=2)
     draw_gallery(merged, kept_by_image, image_root, gallery_png, options.gallery_images)
     return stats
+
+
+def rank_with_detector(records_by_image: dict[int, list[dict]], images: list[dict], image_root: str | os.PathLike,
+                       ranker_model: str | os.PathLike, device: str) -> None:
+    """Re-score the candidates with the detector in `ranker_model` (GGN's OLN ranker), in place."""
+    from oln.detector.predict import load_detector
+    from oln.devices import resolve_device
+    from oln.pseudo.ranker import check_ranker, rerank_records
+
+    model = load_detector(ranker_model, resolve_device(device))
+    check_ranker(model, ranker_model)
+    log.info("re-ranking the pseudo-mask candidates of %d images with %s", len(records_by_image), ranker_model)
+    skipped = rerank_records(records_by_image, {im["id"]: im["file_name"] for im in images}, image_root, model)
+    if skipped:
+        log.warning("ranker: %d of %d images unreadable, their candidates dropped", skipped, len(records_by_image))
 
 
 def check_image_files(images: list[dict], image_root: str | os.PathLike, max_fraction: float) -> None:

@@ -189,6 +189,12 @@ def pseudo_shards():
     return [f"{OUT}/pseudo/{name}/shard-{i}-of-{n}.json" for name in SOURCES for i in range(n)]
 
 
+def ranker_model():
+    """model.pt of `merge.ranker` (GGN's OLN ranker, a run trained on seen GT), or no input."""
+    name = config["merge"]["ranker"]
+    return [f"{OUT}/detector/{name}/model.pt"] if name else []
+
+
 def detector_runs():
     """Each run of detector.runs deep-merged over detector.defaults; a two_tower run's
     `grouping_run` must name another run that is not two_tower (its grouping tower)."""

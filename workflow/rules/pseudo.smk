@@ -54,6 +54,7 @@ rule merge_pseudo:
     input:
         gt=DATA["train_json"],
         shards=pseudo_shards(),
+        ranker=ranker_model(),
     output:
         train=f"{OUT}/pseudo/train.json",
         stats=f"{OUT}/pseudo/stats.json",
@@ -61,7 +62,10 @@ rule merge_pseudo:
                        category="Pseudo ground truth"),
     params:
         **split_params(),
-        section=settings("merge"),
+        section=settings("merge", {k: v for k, v in config["merge"].items() if k != "ranker"}),
+        ranker=config["merge"]["ranker"] or "",
+        ranker_args=lambda wildcards, input: f"--ranker-model {input.ranker} --device {config['device']}"
+        if input.ranker else "",
         code=code_hash("merge"),
         image_root=DATA["train_images"],
     conda:
@@ -73,9 +77,9 @@ rule merge_pseudo:
     resources:
         **resources_of("merge_pseudo"),
     shell:
-        "exec oln merge --params {params.section:q} --seen {params.seen:q} --unseen {params.unseen:q} --gt-json {input.gt} --image-root {params.image_root}"
+        "OMP_NUM_THREADS={threads} exec oln merge --params {params.section:q} --seen {params.seen:q} --unseen {params.unseen:q} --gt-json {input.gt} --image-root {params.image_root}"
         " --shards {input.shards} --out-json {output.train} --stats {output.stats}"
-        " --gallery {output.gallery} > {log} 2>&1"
+        " --gallery {output.gallery} {params.ranker_args} > {log} 2>&1"
 
 
 rule pa_proposals:
