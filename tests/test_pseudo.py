@@ -377,3 +377,27 @@ def test_merge_with_a_few_missing_images_warns_and_writes(dataset, tmp_path, cap
         stats = merge_pseudo(*args)
     assert f"skipped 1 of 5 unreadable images under {dataset['root']}" in caplog.text
     assert stats["num_images"] == 5 and (tmp_path / "merged.json").exists()
+
+
+def test_finished_file_of_another_model_is_extracted_again(dataset, tmp_path, monkeypatch):
+    """A finished shard (or PA-proposal records file, which Snakemake does not delete) is reused
+    only for the model file it was extracted with: a retrained PA model gives new records."""
+    from oln.pseudo.proposals import extract_proposals
+
+    model = tmp_path / "pa.pt"
+    model.write_bytes(b"first model")
+    out = tmp_path / "val_proposals.json"
+    extract_proposals(model, dataset["train_json"], dataset["root"], OPTIONS, 5, out)
+    first = read_json(out)
+    assert first and extract_proposals(model, dataset["train_json"], dataset["root"], OPTIONS, 5, out)
+    assert read_json(out) == first  # same model file: the finished records are reused
+
+    def flat_affinity(model, images, meta, device, batch_size=1):  # the "retrained" model: no outlines
+        return [torch.full((2, *img.shape[1:]), 0.9) for img in images]
+
+    monkeypatch.setattr(extract_module, "predict_affinity", flat_affinity)
+    model.write_bytes(b"retrained model")
+    extract_proposals(model, dataset["train_json"], dataset["root"], OPTIONS, 5, out)
+    fresh = tmp_path / "fresh.json"
+    extract_proposals(model, dataset["train_json"], dataset["root"], OPTIONS, 5, fresh)
+    assert read_json(out) == read_json(fresh) != first

@@ -140,8 +140,10 @@ def extract_shard(
         source: name stored in every record (e.g. "train", "unlabeled").
         shard, num_shards: which slice of the images (sorted by id, i % num_shards).
         options: ExtractOptions.
-        out_path: shard JSON {"records", "images", "image_root", "source", "stats"}; progress is
-            kept in `out_path + ".partial.jsonl"` until the shard is complete.
+        out_path: shard JSON {"records", "images", "image_root", "source", "stats", "settings"};
+            progress is kept in `out_path + ".partial.jsonl"` until the shard is complete. An
+            existing file is returned as it is only when its `settings` fingerprint (options,
+            files, model file by size and mtime) is this call's; otherwise it is extracted again.
         gt_category_ids: categories whose annotations count for `gt_iou` (seen classes); None = all.
         filter_empty_gt: only images with an annotation of `gt_category_ids` (GGN trains its
             detector on those images only, so pseudo masks elsewhere would never be used).
@@ -153,12 +155,15 @@ def extract_shard(
     """
     options = options or ExtractOptions()
     out_path = Path(out_path)
-    if out_path.exists():
-        return read_json(out_path)["stats"]
-    job = _load_shard(model_path, images_json, image_root, source, shard, num_shards, gt_category_ids,
-                      filter_empty_gt, Path(str(out_path) + ".partial.jsonl"))
     settings = settings_fingerprint(model_path, images_json, image_root, source, shard, num_shards, options,
                                     gt_category_ids)
+    if out_path.exists():
+        finished = read_json(out_path)
+        if finished.get("settings") == settings:
+            return finished["stats"]
+        log.info("%s was written with other settings or another model file: extracting it again", out_path)
+    job = _load_shard(model_path, images_json, image_root, source, shard, num_shards, gt_category_ids,
+                      filter_empty_gt, Path(str(out_path) + ".partial.jsonl"))
     done = resume_progress(job.partial, settings, job.images)
     progress = Progress(f"extract {source} shard {shard}/{num_shards}", total=len(job.images), start=len(done),
                         enabled=int(os.environ.get("RANK", "0")) == 0, unit="img")
@@ -166,7 +171,7 @@ def extract_shard(
     if todo:
         _run(job, todo, options, done, progress)
     progress.close()
-    stats, seconds = _write_shard(job, done, options.max_skipped_fraction, out_path)
+    stats, seconds = _write_shard(job, done, options.max_skipped_fraction, out_path, settings)
     log.info("shard %d/%d of %s: %d images, %d proposals, %.1f s of grouping+inference", shard, num_shards,
              source, stats["num_images"], stats["num_proposals"], seconds)
     return {**stats, "seconds": round(seconds, 3)}
@@ -189,8 +194,11 @@ def _load_shard(model_path: str | os.PathLike, images_json: str | os.PathLike, i
 
 
 def _write_shard(job: _Shard, done: dict[int, dict], max_skipped_fraction: float,
-                 out_path: Path) -> tuple[dict, float]:
+                 out_path: Path, settings: str) -> tuple[dict, float]:
     """Write the shard file from the finished images (in id order) and remove the progress file.
+
+    The file keeps its `settings` fingerprint, so that a finished shard is only reused for the
+    same settings and model file.
 
     Returns:
         (stats as written, summed per-image seconds).
@@ -221,6 +229,7 @@ def _write_shard(job: _Shard, done: dict[int, dict], max_skipped_fraction: float
             "images": kept_images,
             "records": records,
             "stats": stats,
+            "settings": settings,
         },
     )
     job.partial.unlink(missing_ok=True)
