@@ -15,6 +15,7 @@ from oln.data.synthetic import (
     SEEN_NAMES,
     UNSEEN_NAMES,
     SyntheticOptions,
+    _draw_category_names,
     categories,
     coco_area_thresholds,
     render_scene,
@@ -49,6 +50,29 @@ def test_category_split_is_a_partition_of_twelve_shapes():
     assert by_name["disc"] == {"id": 1, "name": "disc", "supercategory": "seen"}
     assert by_name["ring"]["supercategory"] == "unseen"
     assert {c["name"] for c in cats if c["supercategory"] == "seen"} == set(SEEN_NAMES)
+
+
+
+def test_seen_names_move_the_split_and_the_per_image_guarantee(tmp_path):
+    options = SyntheticOptions(num_train=12, num_val=0, num_unlabeled=0, image_size=64,
+                               seen_names=["cross", "disc", "triangle"])
+    cats = categories(options)
+    assert [c["name"] for c in cats if c["supercategory"] == "seen"] == ["disc", "triangle", "cross"]
+    assert sum(c["supercategory"] == "unseen" for c in cats) == 9
+    synthesize(tmp_path, options)
+    train = read_json(tmp_path / "train.json")
+    assert train["categories"] == cats
+    # every image draws one of the three seen shapes and one unseen one (before occlusion drops)
+    rng = np.random.default_rng(0)
+    for count in [2] * 100 + [8] * 100:
+        names = _draw_category_names(count, options, rng)
+        assert set(names) & {"disc", "triangle", "cross"} and set(names) - {"disc", "triangle", "cross"}
+
+
+@pytest.mark.parametrize("names", [["disc", "sphere"], [], list(CATEGORY_NAMES), ["disc", "disc"]])
+def test_bad_seen_names_are_an_error_naming_the_key(tmp_path, names):
+    with pytest.raises(ValueError, match="synthetic.seen_names"):
+        synthesize(tmp_path, SyntheticOptions(num_train=1, num_val=0, num_unlabeled=0, seen_names=names))
 
 
 def test_coco_area_thresholds_scale_with_image_side():

@@ -15,7 +15,9 @@ right-angle corner (l_shape). Hexagon is the deliberately easy novel shape
 generalisation. Where an unseen shape derives from a seen one (disc -> ring,
 crescent; cross -> l_shape), it differs in topology (a hole), curvature
 (concave arcs) or symmetry (one corner instead of four arms), so none is a
-near-copy.
+near-copy. `SyntheticOptions.seen_names` moves the split (the supercategory
+written to the jsons and the seen/unseen pair every image is guaranteed); the
+default config annotates a quarter of the categories, as COCO's VOC split does.
 
 Every image is rendered from its own RNG, seeded by (seed, split, index), so
 image k of a split does not depend on the other splits or on num_*; re-running
@@ -73,6 +75,8 @@ class SyntheticOptions:
     max_aspect: float = 1.5  # objects are stretched by a ratio in [1/max_aspect, max_aspect]
     occlusion: bool = True  # False: objects are placed without overlap (dropped if no free spot)
     mix_seen_unseen: bool = True  # draw at least one seen and one unseen object per image
+    # categories with supercategory "seen" (the rest are "unseen"); None: SEEN_NAMES
+    seen_names: list[str] | None = None
     textured_fill: float = 0.6  # probability that an object has a non-flat fill
     unseen_textured_fill: float | None = None  # the same for unseen-category objects; None: textured_fill
     min_contrast: float = 40.0  # object colour differs from the local background by this much (0-255)
@@ -93,10 +97,28 @@ def coco_area_thresholds(image_size: int) -> tuple[float, float]:
     return 32.0**2 * factor, 96.0**2 * factor
 
 
-def categories() -> list[dict]:
-    """COCO category dicts, ids 1..12, supercategory 'seen' or 'unseen'."""
+def seen_unseen_names(options: SyntheticOptions | None = None) -> tuple[list[str], list[str]]:
+    """(seen, unseen) category names, in category order: `options.seen_names` or `SEEN_NAMES`.
+
+    Raises:
+        ValueError: `seen_names` names an unknown shape, repeats one, or leaves no seen or no
+            unseen category (names the key and the known shapes).
+    """
+    chosen = SEEN_NAMES if options is None or options.seen_names is None else list(options.seen_names)
+    unknown = sorted(set(chosen) - set(CATEGORY_NAMES))
+    if unknown or len(set(chosen)) != len(chosen) or not 0 < len(chosen) < len(CATEGORY_NAMES):
+        raise ValueError(f"synthetic.seen_names: {chosen} must be distinct names of the shapes {CATEGORY_NAMES} "
+                         f"leaving at least one seen and one unseen"
+                         + (f" (unknown: {unknown})" if unknown else ""))
+    seen = [name for name in CATEGORY_NAMES if name in chosen]
+    return seen, [name for name in CATEGORY_NAMES if name not in chosen]
+
+
+def categories(options: SyntheticOptions | None = None) -> list[dict]:
+    """COCO category dicts, ids 1..12, supercategory 'seen' or 'unseen' (see `seen_unseen_names`)."""
+    seen, _ = seen_unseen_names(options)
     return [
-        {"id": i + 1, "name": name, "supercategory": "seen" if name in SEEN_NAMES else "unseen"}
+        {"id": i + 1, "name": name, "supercategory": "seen" if name in seen else "unseen"}
         for i, name in enumerate(CATEGORY_NAMES)
     ]
 
@@ -106,8 +128,9 @@ def categories() -> list[dict]:
 def _draw_category_names(count: int, options: SyntheticOptions, rng: np.random.Generator) -> list[str]:
     names = [CATEGORY_NAMES[i] for i in rng.integers(0, len(CATEGORY_NAMES), size=count)]
     if options.mix_seen_unseen and count >= 2:
-        names[0] = SEEN_NAMES[int(rng.integers(0, len(SEEN_NAMES)))]
-        names[1] = UNSEEN_NAMES[int(rng.integers(0, len(UNSEEN_NAMES)))]
+        seen, unseen = seen_unseen_names(options)
+        names[0] = seen[int(rng.integers(0, len(seen)))]
+        names[1] = unseen[int(rng.integers(0, len(unseen)))]
         rng.shuffle(names)
     return names
 
@@ -185,7 +208,7 @@ def render_scene(
         name, _, center, radius = placed[index]
         y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
         behind = image[:, (y0 + y1) // 2, (x0 + x1) // 2, None, None]  # colour near the box centre
-        unseen_fill = name in UNSEEN_NAMES and options.unseen_textured_fill is not None
+        unseen_fill = options.unseen_textured_fill is not None and name in seen_unseen_names(options)[1]
         textured_fill = options.unseen_textured_fill if unseen_fill else options.textured_fill
         fill = object_fill((y0, y1, x0, x1), center, radius, behind, options, rng, textured_fill=textured_fill)
         region = image[:, box[0], box[1]]
@@ -265,6 +288,7 @@ def synthesize(out_dir: Path, options: SyntheticOptions) -> dict:
         raise ValueError("need 0 < min_object_area <= max_object_area <= 1 (fractions of the image area)")
     if sorted(SEEN_NAMES + UNSEEN_NAMES) != sorted(CATEGORY_NAMES):
         raise AssertionError("SEEN_NAMES and UNSEEN_NAMES must partition the categories")
+    seen_unseen_names(options)  # fails early on a bad synthetic.seen_names
     out_dir = Path(out_dir)
     counts: dict = {"categories": len(CATEGORY_NAMES)}
     next_image_id, next_annotation_id = 1, 1
@@ -292,7 +316,7 @@ def synthesize(out_dir: Path, options: SyntheticOptions) -> dict:
                     next_annotation_id += 1
             next_image_id += 1
         info = {"description": "oln synthetic open-world shapes", "split": split, "options": asdict(options)}
-        coco = {"info": info, "images": images, "annotations": annotations, "categories": categories()}
+        coco = {"info": info, "images": images, "annotations": annotations, "categories": categories(options)}
         write_json(out_dir / f"{split}.json", coco)
         counts[split] = {"images": len(images), "annotations": len(annotations)}
     return counts
