@@ -16,8 +16,7 @@ generalisation. Where an unseen shape derives from a seen one (disc -> ring,
 crescent; cross -> l_shape), it differs in topology (a hole), curvature
 (concave arcs) or symmetry (one corner instead of four arms), so none is a
 near-copy. `SyntheticOptions.seen_names` moves the split (the supercategory
-written to the jsons and the seen/unseen pair every image is guaranteed); the
-default config annotates a quarter of the categories, as COCO's VOC split does.
+written to the jsons and the seen/unseen pair every image is guaranteed).
 
 Every image is rendered from its own RNG, seeded by (seed, split, index), so
 image k of a split does not depend on the other splits or on num_*; re-running
